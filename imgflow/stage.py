@@ -1,0 +1,136 @@
+"""The Stage contract every plugin stage implements (DESIGN.md §4).
+
+A stage is a class. The engine instantiates it once per run with validated parameters, calls
+``setup(device)`` once, ``process(batch)`` for each batch, and ``teardown()`` at the end.
+``__init__`` must stay cheap and side-effect free (no file I/O, no weights, no GPU) so that
+``imgflow validate`` can check any pipeline on any machine.
+
+This module imports no torch: plugins are loaded for ``imgflow --help`` and ``validate``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from imgflow.batch import Artifact, Batch
+
+
+class StageKind(str, enum.Enum):
+    """What family a stage belongs to; ``imgflow stages list --kind`` filters on it."""
+
+    AUGMENT = "augment"
+    DETECT = "detect"
+    SEGMENT = "segment"
+    STYLIZE = "stylize"
+    COLORIZE = "colorize"
+    TRAIN = "train"
+    OTHER = "other"
+
+
+class Params(BaseModel):
+    """Base for a stage's parameters: typed, documented, unknown keys rejected.
+
+    Declare fields with ``pydantic.Field(default, description=...)``; the description is what
+    ``imgflow stages show`` prints.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may know about the run it is part of, given at construction.
+
+    ``pipeline_dir`` resolves parameters that are paths (relative to the pipeline file);
+    ``output_root`` is where consuming stages write their artefacts.
+    """
+
+    stage_id: str
+    seed: int = 0
+    pipeline_dir: Path = field(default_factory=Path.cwd)
+    output_root: Path | None = None
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path parameter made absolute against the pipeline file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.pipeline_dir / p)
+
+
+class Stage:
+    """Base class of every stage.
+
+    Class attributes a stage sets:
+      name         lowercase unique name used in ``[[stages]] use = "..."``
+      kind         a :class:`StageKind`
+      description  one line for ``imgflow stages list``
+      reads/writes batch keys (``image``, ``alpha``, or a results key) the stage uses/produces
+      device       "any" (runs on the pipeline's device) or "cpu" (always on the CPU)
+      batch_size   preferred batch size, or None to follow ``[run] batch_size``
+      consumes     True for trainers: they take the whole stream and ``finalize()`` at the end
+      fans_out     True when one input may become several items (augment copies)
+      Params       the parameter model (a :class:`Params` subclass)
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[StageKind] = StageKind.OTHER
+    description: ClassVar[str] = ""
+    reads: ClassVar[tuple[str, ...]] = ("image",)
+    writes: ClassVar[tuple[str, ...]] = ("image",)
+    device: ClassVar[str] = "any"
+    batch_size: ClassVar[int | None] = None
+    consumes: ClassVar[bool] = False
+    fans_out: ClassVar[bool] = False
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params, context: StageContext) -> None:
+        self.params = params
+        self.context = context
+
+    @property
+    def id(self) -> str:
+        return self.context.stage_id
+
+    def setup(self, device: torch.device) -> None:
+        """Load weights and move them to ``device``. Called once, before the first batch."""
+        self.torch_device = device
+
+    def process(self, batch: Batch) -> Batch:
+        """Transform a batch and return it. Keys this stage does not write pass through."""
+        raise NotImplementedError(f"stage {self.name!r} does not implement process()")
+
+    def consume(self, batch: Batch) -> None:
+        """Consuming stages (``consumes = True``) receive every batch here instead."""
+        raise NotImplementedError(f"stage {self.name!r} does not consume batches")
+
+    def finalize(self) -> list[Artifact]:
+        """Consuming stages return the artefacts (checkpoints, metrics) to write at the end."""
+        return []
+
+    def teardown(self) -> None:
+        """Release memory (models, caches). Called once, even after errors."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Extra facts that change outputs beyond the parameters, e.g. weight file hashes.
+
+        Part of the pipeline fingerprint: when it changes, finished items run again.
+        """
+        return {}
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed derived from parts (pipeline seed, stage id, item key, epoch...).
+
+    Stable across processes and Python versions (unlike ``hash()``), so reruns draw the same
+    random numbers for the same item regardless of batch composition or worker count.
+    """
+    text = "\x1f".join(str(p) for p in parts).encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1

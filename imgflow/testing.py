@@ -1,0 +1,1 @@
+"""Plugin test kit (filled in below)."""

@@ -1,0 +1,1 @@
+"""imgflow's augmentation stages (placeholder while being built)."""
