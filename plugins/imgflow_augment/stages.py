@@ -1,0 +1,537 @@
+"""The augmentation stages: flips, random resized crop, colour jitter, resize, center crop, and
+``augment``, which composes them into N random copies per input.
+
+Every stage splits its work in two: ``draw`` samples one item's random parameters on the CPU from
+that item's own generator (so the draw never depends on the batch), and ``apply`` runs the tensor
+op on the batch's device, one batched call per group of same-size images. ``augment`` reuses the
+same two halves of its ops on fan-out copies.
+
+This module does not import torch at import time (the tensor code lives in :mod:`.ops`, imported
+when a batch is processed), so listing and validating stages stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+
+from imgflow import Params, Stage, StageContext, StageKind
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from imgflow.batch import Batch, Item
+
+
+def _check_size(value: Any) -> Any:
+    """Reject anything but an int >= 1 or two of them, with one clear message.
+
+    Without this, pydantic reports a bad size once per member of the union, with type names
+    as locations, which reads badly in a pipeline error.
+    """
+
+    def ok(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if ok(value):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(ok(v) for v in value):
+        return tuple(value)
+    raise ValueError(f"expected an int >= 1 or [height, width] of ints >= 1, got {value!r}")
+
+
+Size = Annotated[int | tuple[int, int], BeforeValidator(_check_size)]
+Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+SIZE_HELP = "Output size: [height, width], or one int for a square."
+INTERPOLATION_HELP = "Resampling filter: bilinear, bicubic, nearest or area."
+ANTIALIAS_HELP = "Low-pass filter when shrinking (bilinear and bicubic only), as torchvision does."
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    """A size parameter as ``(height, width)``."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared draw/apply machinery
+# ---------------------------------------------------------------------------------------------
+
+
+class Augmenter(Stage):
+    """Base of the augmentation stages (not registered itself).
+
+    Subclasses set ``random`` (whether ``draw`` is needed), ``geometric`` (whether alpha moves
+    with the image) and implement ``transform`` on a stacked ``(N, C, H, W)`` group.
+    """
+
+    kind: ClassVar[StageKind] = StageKind.AUGMENT
+    random: ClassVar[bool] = True
+    geometric: ClassVar[bool] = True
+
+    def draw(self, gen: torch.Generator, height: int, width: int) -> Any:
+        """One item's random parameters for an image of ``height x width`` (None: none needed)."""
+        return None
+
+    def transform(self, x: torch.Tensor, params: list[Any]) -> torch.Tensor:
+        """Apply the op to a same-size group; ``params[i]`` belongs to ``x[i]``."""
+        raise NotImplementedError
+
+    def apply(self, items: list[Item], params: list[Any]) -> None:
+        """Transform ``items`` in place (image, and alpha for geometric ops).
+
+        Items are grouped by size (and by whether alpha travels along) so each group is one
+        stacked call; a batch of equal sizes is a single group. Alpha is concatenated as a
+        fourth channel so geometric ops move it exactly like the colour channels.
+        """
+        import torch
+
+        groups: dict[tuple[int, int, bool], list[int]] = {}
+        for i, item in enumerate(items):
+            with_alpha = self.geometric and item.alpha is not None
+            groups.setdefault((*item.image.shape[-2:], with_alpha), []).append(i)
+        for (_, _, with_alpha), idxs in groups.items():
+            planes = [_planes(items[i], with_alpha) for i in idxs]
+            x = planes[0].unsqueeze(0) if len(planes) == 1 else torch.stack(planes)
+            y = self.transform(x, [params[i] for i in idxs]).contiguous()
+            for row, i in zip(y, idxs, strict=True):
+                items[i].image = row[:3]
+                if with_alpha:
+                    items[i].alpha = row[3:]
+
+    def process(self, batch: Batch) -> Batch:
+        """Draw each item's parameters from its own generator, then apply them batched."""
+        if self.random:
+            params = [self.draw(item.generator(self.id), *item.image.shape[-2:]) for item in batch]
+        else:
+            params = [None] * len(batch)
+        self.apply(batch.items, params)
+        return batch
+
+
+def _planes(item: Item, with_alpha: bool) -> torch.Tensor:
+    """The item's image, with alpha appended as channel 4 when it must move along."""
+    import torch
+
+    if with_alpha:
+        assert item.alpha is not None
+        return torch.cat([item.image, item.alpha.to(item.image.dtype)], dim=0)
+    return item.image
+
+
+# ---------------------------------------------------------------------------------------------
+# Flips
+# ---------------------------------------------------------------------------------------------
+
+
+class FlipParams(Params):
+    p: Probability = Field(0.5, description="Probability that an image is flipped.")
+
+
+class FlipHorizontal(Augmenter):
+    name = "flip_horizontal"
+    description = "Mirror images left-right with probability p."
+    reads = ("image", "alpha")
+    writes = ("image", "alpha")
+    Params = FlipParams
+
+    def draw(self, gen: torch.Generator, height: int, width: int) -> bool:
+        from imgflow_augment import ops
+
+        return ops.draw_chance(gen, self.params.p)
+
+    def transform(self, x: torch.Tensor, params: list[bool]) -> torch.Tensor:
+        from imgflow_augment import ops
+
+        return ops.hflip(x, params)
+
+
+class FlipVertical(FlipHorizontal):
+    name = "flip_vertical"
+    description = "Mirror images top-bottom with probability p."
+
+    def transform(self, x: torch.Tensor, params: list[bool]) -> torch.Tensor:
+        from imgflow_augment import ops
+
+        return ops.vflip(x, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random resized crop
+# ---------------------------------------------------------------------------------------------
+
+
+class RandomResizedCropParams(Params):
+    size: Size = Field(..., description=SIZE_HELP)
+    scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="[min, max] area of the crop as a fraction of the image, drawn uniformly."
+    )
+    ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3),
+        description="[min, max] aspect ratio (width / height) of the crop, drawn log-uniformly.",
+    )
+    interpolation: Interpolation = Field("bilinear", description=INTERPOLATION_HELP)
+    antialias: bool = Field(True, description=ANTIALIAS_HELP)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_in_unit_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"expected 0 < min <= max <= 1, got {list(v)} (fix: e.g. [0.08, 1.0])")
+        return v
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"expected 0 < min <= max, got {list(v)} (fix: e.g. [0.75, 1.3333])")
+        return v
+
+
+class RandomResizedCrop(Augmenter):
+    name = "random_resized_crop"
+    description = "Crop a random area/aspect-ratio box and resize it to a fixed size (torchvision semantics)."
+    reads = ("image", "alpha")
+    writes = ("image", "alpha")
+    Params = RandomResizedCropParams
+
+    def draw(self, gen: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
+        from imgflow_augment import ops
+
+        return ops.draw_resized_crop_box(gen, height, width, self.params.scale, self.params.ratio)
+
+    def transform(self, x: torch.Tensor, params: list[tuple[int, int, int, int]]) -> torch.Tensor:
+        """Each item has its own box, so crops are resized one by one and then restacked."""
+        import torch
+
+        from imgflow_augment import ops
+
+        size, p = _pair(self.params.size), self.params
+        crops = [
+            ops.resized_crop(x[i : i + 1], box, size, p.interpolation, p.antialias)
+            for i, box in enumerate(params)
+        ]
+        return crops[0] if len(crops) == 1 else torch.cat(crops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour jitter
+# ---------------------------------------------------------------------------------------------
+
+JitterValue = float | tuple[float, float]
+INF = float("inf")
+
+
+def jitter_range(
+    value: JitterValue, center: float, bounds: tuple[float, float], clip_at_zero: bool
+) -> tuple[float, float] | None:
+    """The ``[min, max]`` a jitter factor is drawn from, or None when the op is disabled.
+
+    A number v means ``[center - v, center + v]`` (the lower end clipped at 0 for factors); a
+    pair is taken as is. Raises ValueError, naming the accepted range, when it is out of bounds.
+    """
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"expected a number >= 0 or a [min, max] pair, got {value}")
+        lo, hi = center - value, center + value
+        if clip_at_zero:
+            lo = max(lo, 0.0)
+    else:
+        lo, hi = float(value[0]), float(value[1])
+    if not bounds[0] <= lo <= hi <= bounds[1]:
+        raise ValueError(
+            f"expected a range inside [{bounds[0]}, {bounds[1]}] with min <= max, got [{lo}, {hi}]"
+        )
+    return None if lo == hi == center else (lo, hi)
+
+
+class ColorJitterParams(Params):
+    brightness: JitterValue = Field(
+        0.0, description="Brightness factor range: b means [max(0, 1-b), 1+b], or give [min, max]; 0 = off."
+    )
+    contrast: JitterValue = Field(
+        0.0, description="Contrast factor range: c means [max(0, 1-c), 1+c], or give [min, max]; 0 = off."
+    )
+    saturation: JitterValue = Field(
+        0.0, description="Saturation factor range: s means [max(0, 1-s), 1+s], or give [min, max]; 0 = off."
+    )
+    hue: JitterValue = Field(
+        0.0,
+        description="Hue shift range in turns: h in [0, 0.5] means [-h, h], or [min, max] in [-0.5, 0.5].",
+    )
+
+    @field_validator("brightness", "contrast", "saturation")
+    @classmethod
+    def _factor_range_valid(cls, v: JitterValue) -> JitterValue:
+        jitter_range(v, 1.0, (0.0, INF), clip_at_zero=True)
+        return v
+
+    @field_validator("hue")
+    @classmethod
+    def _hue_range_valid(cls, v: JitterValue) -> JitterValue:
+        jitter_range(v, 0.0, (-0.5, 0.5), clip_at_zero=False)
+        return v
+
+    def ranges(self) -> list[tuple[float, float] | None]:
+        """Brightness, contrast, saturation and hue draw ranges (None = disabled)."""
+        factor = [
+            jitter_range(v, 1.0, (0.0, INF), True) for v in (self.brightness, self.contrast, self.saturation)
+        ]
+        return [*factor, jitter_range(self.hue, 0.0, (-0.5, 0.5), False)]
+
+
+class ColorJitter(Augmenter):
+    name = "color_jitter"
+    description = "Randomly change brightness, contrast, saturation and hue, in a random order per image."
+    geometric = False
+    Params = ColorJitterParams
+
+    def __init__(self, params: Params, context: StageContext) -> None:
+        super().__init__(params, context)
+        self._ranges = self.params.ranges()
+
+    def draw(self, gen: torch.Generator, height: int, width: int) -> tuple[list[int], list[float | None]]:
+        from imgflow_augment import ops
+
+        return ops.draw_jitter(gen, self._ranges)
+
+    def transform(self, x: torch.Tensor, params: list[tuple[list[int], list[float | None]]]) -> torch.Tensor:
+        """Per-item orders and factors become ``(N, 4)`` and ``(4, N)`` tensors for one call."""
+        import torch
+
+        from imgflow_augment import ops
+
+        order = torch.tensor([p[0] for p in params], dtype=torch.long)
+        neutral = (1.0, 1.0, 1.0, 0.0)  # placeholders for disabled ops, never applied
+        factors = torch.tensor(
+            [[neutral[k] if f[k] is None else f[k] for _, f in params] for k in range(4)], dtype=torch.float32
+        )
+        active = [r is not None for r in self._ranges]
+        return ops.color_jitter(x, order, factors, active)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic geometry
+# ---------------------------------------------------------------------------------------------
+
+
+class ResizeParams(Params):
+    size: Size = Field(..., description="[height, width], or one int for the edge named by `edge`.")
+    edge: Literal["shorter", "longer"] = Field(
+        "shorter",
+        description="For an int size: which edge gets that length (the other keeps the aspect ratio).",
+    )
+    interpolation: Interpolation = Field("bilinear", description=INTERPOLATION_HELP)
+    antialias: bool = Field(True, description=ANTIALIAS_HELP)
+
+    @model_validator(mode="after")
+    def _edge_needs_int_size(self) -> ResizeParams:
+        if "edge" in self.model_fields_set and not isinstance(self.size, int):
+            raise ValueError(
+                f"'edge' only applies to an int size, got size {list(self.size)} "
+                "(fix: drop 'edge', or give size as one int)"
+            )
+        return self
+
+
+class Resize(Augmenter):
+    name = "resize"
+    description = "Resize to a fixed size, or scale the shorter/longer edge to a length (deterministic)."
+    reads = ("image", "alpha")
+    writes = ("image", "alpha")
+    random = False
+    Params = ResizeParams
+
+    def transform(self, x: torch.Tensor, params: list[None]) -> torch.Tensor:
+        from imgflow_augment import ops
+
+        p = self.params
+        size = ops.resize_output_size(x.shape[-2], x.shape[-1], p.size, p.edge)
+        return ops.resize(x, size, p.interpolation, p.antialias)
+
+
+class CenterCropParams(Params):
+    size: Size = Field(..., description=SIZE_HELP + " Smaller images are padded with zeros.")
+
+
+class CenterCrop(Augmenter):
+    name = "center_crop"
+    description = "Cut the centred window of a fixed size, zero-padding smaller images (deterministic)."
+    reads = ("image", "alpha")
+    writes = ("image", "alpha")
+    random = False
+    Params = CenterCropParams
+
+    def transform(self, x: torch.Tensor, params: list[None]) -> torch.Tensor:
+        from imgflow_augment import ops
+
+        return ops.center_crop(x, _pair(self.params.size))
+
+
+# ---------------------------------------------------------------------------------------------
+# augment: compositions with fan-out
+# ---------------------------------------------------------------------------------------------
+
+#: The stages ``augment`` can compose, by name.
+OPS: dict[str, type[Augmenter]] = {
+    cls.name: cls
+    for cls in (FlipHorizontal, FlipVertical, RandomResizedCrop, ColorJitter, Resize, CenterCrop)
+}
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One validated entry of ``augment.ops``: the stage class, its params and its gate ``p``."""
+
+    cls: type[Augmenter]
+    params: Params
+    p: float
+
+
+def _gate_default(cls: type[Augmenter]) -> float:
+    """An op's default ``p``: a stage with its own ``p`` (flips) keeps that default, others 1.0."""
+    field = cls.Params.model_fields.get("p")
+    return float(field.default) if field is not None else 1.0
+
+
+def parse_op(index: int, raw: Any) -> OpSpec:
+    """Validate ``ops[index]``; raises ValueError with every problem of that entry.
+
+    ``p`` is the probability that the op runs at all. For a stage whose own parameters have a
+    ``p`` (the flips), that gate *is* its probability: the op runs with its own p = 1, so
+    ``{op = "flip_horizontal", p = 0.5}`` flips half the copies, not a quarter.
+    """
+    where = f"ops[{index}]"
+    if not isinstance(raw, dict):
+        raise ValueError(f'{where}: expected a table like {{op = "flip_horizontal"}}, got {raw!r}')
+    name = raw.get("op")
+    if not isinstance(name, str) or name not in OPS:
+        raise ValueError(f"{where}: {_unknown_op(name)}")
+    cls = OPS[name]
+    p = raw.get("p", _gate_default(cls))
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"{where}.p ({name}): expected a probability in [0, 1], got {p!r}")
+    rest = {k: v for k, v in raw.items() if k not in ("op", "p")}
+    if "p" in cls.Params.model_fields:
+        rest["p"] = 1.0
+    try:
+        params = cls.Params(**rest)
+    except ValidationError as exc:
+        raise ValueError("; ".join(_describe(where, name, err) for err in exc.errors())) from None
+    return OpSpec(cls, params, float(p))
+
+
+def _unknown_op(name: Any) -> str:
+    """The message for a missing or unknown op name, suggesting the closest known one."""
+    known = ", ".join(OPS)
+    if name is None:
+        return f"missing 'op' (fix: set op to one of {known})"
+    close = difflib.get_close_matches(str(name), list(OPS), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"choose one of {known}"
+    return f"unknown op {name!r} ({hint})"
+
+
+def _describe(where: str, name: str, err: Any) -> str:
+    """One nested pydantic error as ``ops[i].key (op): message``, with a fix for unknown keys."""
+    key = ".".join(str(part) for part in err["loc"])
+    head = f"{where}.{key} ({name})"
+    if err["type"] == "value_error":  # our own validators already say what they got
+        return f"{head}: {err['ctx']['error']}"
+    if err["type"] == "missing":
+        return f"{head}: required (fix: set {key})"
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(["p", *(k for k in OPS[name].Params.model_fields if k != "p")])
+        return f"{head}: unknown parameter (fix: {name} takes {allowed})"
+    return f"{head}: {err['msg']}, got {err['input']!r}"
+
+
+class AugmentParams(Params):
+    copies: int = Field(1, ge=1, description="Random copies per input image, named name_aug0, name_aug1, ...")
+    ops: list[dict[str, Any]] = Field(
+        ...,
+        min_length=1,
+        description=(
+            'Ops applied in order to each copy, e.g. [{op = "flip_horizontal", p = 0.5}, '
+            '{op = "random_resized_crop", size = 200}]. Other keys are that stage\'s parameters; '
+            "p is the chance the op runs at all (default 1.0; a flip's default is its own 0.5)."
+        ),
+    )
+
+    @field_validator("ops")
+    @classmethod
+    def _ops_valid(cls, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        problems = []
+        for i, raw in enumerate(ops):
+            try:
+                parse_op(i, raw)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return ops
+
+
+@dataclass
+class _BoundOp:
+    stage: Augmenter
+    p: float
+
+
+class Augment(Augmenter):
+    name = "augment"
+    description = "Make N randomly augmented copies of each image by composing the other augmenters."
+    reads = ("image", "alpha")
+    writes = ("image", "alpha")
+    fans_out = True
+    Params = AugmentParams
+
+    def __init__(self, params: Params, context: StageContext) -> None:
+        super().__init__(params, context)
+        self._ops = []
+        for i, raw in enumerate(self.params.ops):
+            spec = parse_op(i, raw)
+            sub_context = dataclasses.replace(
+                context, stage_id=f"{context.stage_id}.ops[{i}].{spec.cls.name}"
+            )
+            self._ops.append(_BoundOp(spec.cls(spec.params, sub_context), spec.p))
+
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        for op in self._ops:
+            op.stage.setup(device)
+
+    def process(self, batch: Batch) -> Batch:
+        """Fan each item out into ``copies`` derived items and run the ops on them in order.
+
+        Each copy's key differs (``_aug{k}``), so each has its own generator; it is consumed in
+        op order: the gate draw, then the op's own parameters (drawn against the copy's current
+        size, since an earlier crop may have changed it).
+        """
+        from imgflow_augment import ops
+
+        copies = [
+            item.derive(item.image, f"_aug{k}", item.alpha)
+            for item in batch
+            for k in range(self.params.copies)
+        ]
+        gens = [copy.generator(self.id) for copy in copies]
+        for op in self._ops:
+            chosen = [i for i, gen in enumerate(gens) if ops.draw_chance(gen, op.p)]
+            if not chosen:
+                continue
+            targets = [copies[i] for i in chosen]
+            if op.stage.random:
+                params = [op.stage.draw(gens[i], *copies[i].image.shape[-2:]) for i in chosen]
+            else:
+                params = [None] * len(chosen)
+            op.stage.apply(targets, params)
+        return batch.with_items(copies)
+
+
+#: Every stage this plugin registers.
+ALL: tuple[type[Stage], ...] = (*OPS.values(), Augment)
