@@ -40,6 +40,17 @@ def register_stages(register: Callable[[type[Stage]], None]) -> None:
 
 
 @hookspec
+def register_models(register: Callable[..., None]) -> None:
+    """Register downloadable model weights in the shared registry (imgflow.models).
+
+    Call ``register(ModelSpec(name=..., url=..., sha256=..., size=..., license=..., stage=...))``
+    once per checkpoint. Names are unique across plugins (a duplicate names both plugins). The
+    registry gives every stage the same cache (torch.hub's checkpoint folder), download with hash
+    verification, ``imgflow models import`` for machines without internet, and safe loading.
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``imgflow`` command line.
 
