@@ -193,6 +193,9 @@ class Runner:
         self.stages: list[Stage] = []
         self._stage_ready = False
         self._progress: Any = None
+        self._claims: dict[str, str] = {}  # output relpath -> input, for items not yet recorded
+        self._claims_lock = threading.Lock()
+        self._store: StateStore | None = None
 
     # -- public
 
@@ -216,6 +219,7 @@ class Runner:
         fingerprint = self.pipeline.fingerprint(self.stages)
         incremental = not any(s.consumes for s in self.stages)
         with StateStore(out) as store:
+            self._store = store
             run_id = store.begin_run(pipeline=self.pipeline.name, pipeline_path=str(self.pipeline.source),
                                      fingerprint=fingerprint, options=self._options_doc())
             if getattr(store, "interrupted_runs_found", 0):
@@ -450,6 +454,7 @@ class Runner:
         for item in items:
             if item.write_image:
                 rel = output_relpath(pending.task.source.relpath, out.naming, item.variant, fmt)
+                self._claim(rel, pending.task.source.relpath)
                 data = encode_image(item.image, item.alpha, fmt, out.quality, depth)
                 replace = out.overwrite == "replace" or rel in prior_outputs
                 atomic_write(root, rel, data, replace=replace)
@@ -460,6 +465,24 @@ class Runner:
                 atomic_write(root, art.relpath, data, replace=True)
                 written.append(art.relpath)
         return written, time.perf_counter() - started
+
+    def _claim(self, rel: str, source: str) -> None:
+        """Refuse an output name another input already owns (recorded, or in flight now)."""
+        with self._claims_lock:
+            owner = self._claims.get(rel)
+            if owner is None and self._store is not None:
+                owner = self._store.output_owner(rel)
+            if owner is not None and owner != source:
+                raise ItemError("output_exists", f"output {rel} belongs to input {owner}: two inputs map to "
+                                "one output name (fix: [output] naming = \"{name}{variant}.{ext}\" keeps "
+                                "the input's extension in the name, or format = \"same\")")
+            self._claims[rel] = source
+
+    def _release_claims(self, source: str) -> None:
+        """Once an item is recorded (done or failed) the store, not the claims, is the truth."""
+        with self._claims_lock:
+            for rel in [rel for rel, owner in self._claims.items() if owner == source]:
+                del self._claims[rel]
 
     def _drain_done(self, ctx: _RunContext, block: bool) -> None:
         while True:
@@ -475,6 +498,7 @@ class Runner:
         if exc is not None:
             error = exc if isinstance(exc, ItemError) else ItemError("write_error", f"{type(exc).__name__}: {exc}")
             self._record_failure(ctx, pending.task, error, timings)
+            self._release_claims(pending.task.source.relpath)
             return
         outputs, write_s = future.result()
         timings = {**timings, "write_s": round(write_s, 4)}
@@ -482,6 +506,7 @@ class Runner:
         self._record(ctx, pending.task, "done", outputs=outputs, error=None, results=results,
                      timings=timings, meta=pending.decoded.meta.to_dict(),
                      content_hash=pending.decoded.content_hash)
+        self._release_claims(pending.task.source.relpath)
 
     def _record_failure(self, ctx: _RunContext, task: Task, error: ItemError, timings: dict[str, float]) -> None:
         self.failures.append({"input": task.source.relpath, "code": error.code, "message": error.message})

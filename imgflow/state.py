@@ -266,6 +266,15 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
         )"""
     )
     conn.execute("CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)")
+    # Which input wrote each output path: two inputs that map to one output name (a.png and
+    # a.jpg converted to JPEG) must not silently overwrite each other.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS outputs (
+            relpath TEXT PRIMARY KEY,
+            input   TEXT NOT NULL
+        )"""
+    )
 
 
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1}
@@ -498,6 +507,15 @@ class StateStore:
         size, mtime_ns, content_hash, fingerprint, status, outputs = found
         return PriorItem(size, mtime_ns, content_hash, fingerprint, status, _loads(outputs, []))
 
+    def output_owner(self, relpath: str) -> str | None:
+        """The input whose recorded outputs include ``relpath`` (None if no input claims it)."""
+        with self._lock:
+            for row in self._pending.values():
+                if relpath in json.loads(row[6]):
+                    return _unkey(row[0])
+            found = self._conn.execute("SELECT input FROM outputs WHERE relpath = ?", (relpath,)).fetchone()
+        return _unkey(found[0]) if found else None
+
     def record(self, rec: ItemRecord) -> None:
         """Take one item's outcome (upsert); committed with others within 256 records or 0.5 s."""
         if rec.status not in ITEM_STATUSES:
@@ -523,7 +541,16 @@ class StateStore:
             self._raise_timer_error()
             if not self._pending or self.readonly:
                 return
-            self._write(lambda conn: conn.executemany(_UPSERT, self._pending.values()))
+            rows = list(self._pending.values())
+
+            def work(conn: sqlite3.Connection) -> None:
+                conn.executemany(_UPSERT, rows)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO outputs (relpath, input) VALUES (?, ?)",
+                    [(out, row[0]) for row in rows for out in json.loads(row[6])],
+                )
+
+            self._write(work)
             self._pending.clear()
 
     def _timed_flush(self) -> None:

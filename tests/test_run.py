@@ -206,3 +206,24 @@ def test_validate_and_status_commands(job):
     assert report["counts"]["done"] == 6 and report["runs"][0]["exit_code"] == 0
     code, text = invoke("status", images)
     assert code == 2 and "no imgflow state" in text
+
+
+def test_two_inputs_mapping_to_one_output_name_never_overwrite_each_other(tmp_path, test_plugin):
+    images = tmp_path / "in"
+    write_images(images, 1, fmt="PNG", prefix="scan")
+    write_images(images, 1, fmt="JPEG", prefix="scan")  # scan0000.png and scan0000.jpg
+    pipe = write_pipeline(tmp_path / "p.toml", input=images, output=tmp_path / "out",
+                          stages=[{"use": "invert"}], out={"format": "jpeg"})
+    code, text = invoke("run", pipe)
+    assert code == 1 and "1 done, 1 failed" in text, text
+    recs = manifest(tmp_path / "out")
+    assert recs["scan0000.png"]["status"] == "failed"
+    assert recs["scan0000.png"]["error"]["code"] == "output_exists"
+    assert "belongs to input scan0000.jpg" in recs["scan0000.png"]["error"]["message"]
+    # a later run does not take the name over either, until the naming keeps them apart
+    assert invoke("run", pipe, "--retry-failed")[0] == 1
+    fixed = write_pipeline(tmp_path / "q.toml", input=images, output=tmp_path / "out2",
+                           stages=[{"use": "invert"}], out={"format": "jpeg", "naming": "{name}{variant}.{ext}"})
+    code, text = invoke("run", fixed)
+    assert code == 0, text
+    assert sorted(p.name for p in (tmp_path / "out2").glob("*.jpg")) == ["scan0000.jpg.jpg", "scan0000.png.jpg"]
