@@ -1,28 +1,49 @@
 """imgflow: plugin-based batch image processing.
 
-The public API for plugin authors. Importing this package does not import torch.
+The public API for plugin authors. Names are imported on first use (PEP 562), so that
+``imgflow --help`` pays neither for torch nor for pydantic.
 """
 
-from imgflow.batch import Artifact, Batch, ImageMeta, Item
-from imgflow.errors import ConfigError, ImgflowError, ItemError
-from imgflow.hookspecs import hookimpl
-from imgflow.stage import Params, Stage, StageContext, StageKind, derive_seed
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Artifact",
-    "Batch",
-    "ConfigError",
-    "ImageMeta",
-    "ImgflowError",
-    "Item",
-    "ItemError",
-    "Params",
-    "Stage",
-    "StageContext",
-    "StageKind",
-    "__version__",
-    "derive_seed",
-    "hookimpl",
-]
+_EXPORTS = {
+    "Artifact": "imgflow.batch",
+    "Batch": "imgflow.batch",
+    "ImageMeta": "imgflow.batch",
+    "Item": "imgflow.batch",
+    "ConfigError": "imgflow.errors",
+    "ImgflowError": "imgflow.errors",
+    "ItemError": "imgflow.errors",
+    "hookimpl": "imgflow.hookspecs",
+    "Params": "imgflow.stage",
+    "Stage": "imgflow.stage",
+    "StageContext": "imgflow.stage",
+    "StageKind": "imgflow.stage",
+    "derive_seed": "imgflow.stage",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imgflow.batch import Artifact, Batch, ImageMeta, Item
+    from imgflow.errors import ConfigError, ImgflowError, ItemError
+    from imgflow.hookspecs import hookimpl
+    from imgflow.stage import Params, Stage, StageContext, StageKind, derive_seed
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imgflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

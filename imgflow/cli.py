@@ -322,6 +322,11 @@ def status(output: Path, as_json: bool, n_failures: int) -> None:
             click.echo(f"  {f.get('input')}: [{f.get('code')}] {f.get('message')}")
 
 
+from imgflow.cli_models import models as _models_group  # noqa: E402 (needs cli defined)
+
+cli.add_command(_models_group)
+
+
 # ----------------------------------------------------------------- entry point
 
 
