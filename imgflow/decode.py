@@ -1,0 +1,758 @@
+"""Reading one image file into pixels, defensively (runs inside decode worker processes).
+
+Image files come from folders nobody curates, so every byte is treated as hostile:
+
+* Only the formats in :data:`ALLOWED_FORMATS` are ever tried. Pillow is always called with
+  ``formats=`` so a PostScript file can never reach Ghostscript, and only those format plugins are
+  imported here.
+* The file is read once, size-capped, hashed, and decoded from memory: the hash the state store
+  records is the hash of exactly the bytes that were decoded.
+* The pixel count is checked from the header before any pixel is decoded, and Pillow's own
+  decompression-bomb warning is turned into an error, so a 300-byte file cannot demand gigabytes.
+* Every failure becomes :class:`imgflow.errors.ItemError` with a stable reason code. An image
+  object that raised is closed and never touched again (a second ``load()`` after a failed one
+  returns garbage), and ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set, so a truncated file is
+  an error rather than a silently grey-filled picture.
+
+Output layout: ``Decoded.pixels`` is always one of uint8 HxWx3, uint8 HxWx4, uint16 HxWx3,
+uint16 HxWx4 (alpha straight, not premultiplied), upright after EXIF orientation, in sRGB when the
+file carried a usable ICC profile. Mode policy (why each is what it is):
+
+* ``1``, ``L`` -> RGB with three equal channels: stages see one layout; ``meta.mode`` keeps "L".
+* ``LA``/``La``/``PA``/``RGBa`` -> RGBA (straight alpha); ``P`` -> RGBA when the palette or a
+  ``tRNS`` chunk makes any index transparent, else RGB; ``L``/``RGB`` with a PNG colour key ->
+  RGBA.
+* ``CMYK`` (this includes Adobe/YCCK JPEGs, which Pillow opens as CMYK) -> RGB through the
+  embedded ICC profile when there is one, else Pillow's naive conversion.
+* ``I;16*`` -> uint16 RGB with levels kept exactly. ``convert('RGB')`` would clip them to 8 bits
+  and make a 16-bit scan almost white.
+* ``I`` (32-bit integers) -> uint16 when every value fits 0..65535, else clipped (with a note).
+* ``F`` (32-bit float) -> uint16: values all within [0, 1] are taken as normalised intensities
+  and scaled by 65535; otherwise values are clipped to 0..65535 and rounded (with a note); NaN
+  becomes 0 (with a note).
+* ``YCbCr``, ``LAB``, ``HSV``, ``RGBX`` -> RGB via Pillow.
+* RGB/RGBA with an embedded non-sRGB ICC profile -> converted to sRGB (recorded in notes).
+* 16-bit-per-channel colour (48/64-bit PNG or TIFF): Pillow has no 16-bit colour mode and reduces
+  such files to 8 bits while decoding; a note records it.
+
+Multi-frame files (animated GIF/WebP/PNG, multi-page TIFF, MPO): the first frame only is decoded;
+``meta.frames`` records how many frames the file holds.
+
+This module imports Pillow and numpy only (never torch): it is preloaded into every decode worker.
+It is meant for one decode at a time per process, as the pool runs it: a decode briefly sets two
+process-wide things (Pillow's bomb threshold, the warnings filters). Threads calling it at once
+still get the file-size and pixel caps (checked here, not by Pillow), but may lose Pillow's
+second-line bomb checks and see each other's warnings in their notes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import stat
+import struct
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import (  # noqa: F401  (the plugin imports register exactly the formats we allow)
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
+
+from imgflow.batch import ImageMeta
+from imgflow.errors import ItemError
+from imgflow.stage import DecodeHint
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "OPTIONAL_FORMATS",
+    "DecodeLimits",
+    "Decoded",
+    "apply_memory_cap",
+    "decode_bytes",
+    "decode_file",
+    "sniff_format",
+]
+
+#: Pillow format names imgflow opens. Kept to formats with mature, heavily fuzzed decoders that
+#: scanners and cameras actually produce; PostScript (EPS) is never allowed because Pillow hands it
+#: to Ghostscript, an interpreter.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM")
+
+#: Further Pillow formats a pipeline may opt into (less fuzzed or rarer; off by default).
+OPTIONAL_FORMATS: tuple[str, ...] = ("JPEG2000", "AVIF", "QOI", "TGA", "ICO", "PCX", "SGI", "PSD")
+
+_FORBIDDEN_FORMATS = frozenset({"EPS", "PDF"})
+
+#: The envelope of exceptions Pillow's own fuzz tests accept from a hostile file (MemoryError and
+#: the decompression-bomb types are classified separately before this tuple is consulted).
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    NotImplementedError,
+    OverflowError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    KeyError,
+    ZeroDivisionError,
+)
+
+_ORIENTATION_TAG = 0x0112
+_GRAY16_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Caps that bound what one file may cost; the pipeline's ``[run]`` section sets them.
+
+    ``memory_mb`` is applied per worker process (address-space limit) by :func:`apply_memory_cap`;
+    ``None`` leaves memory uncapped.
+    """
+
+    max_pixels: int = 100_000_000
+    max_file_bytes: int = 512 * 1024**2
+    formats: tuple[str, ...] = ALLOWED_FORMATS
+    memory_mb: int | None = 4096
+    hint: DecodeHint | None = None  # the first stage's smallest useful size (JPEG DCT scaling)
+
+    def __post_init__(self) -> None:
+        """Reject limits that would silently disable a defence."""
+        if self.max_pixels <= 0:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.max_file_bytes <= 0:
+            raise ValueError(f"max_file_bytes must be positive, got {self.max_file_bytes}")
+        if self.memory_mb is not None and self.memory_mb <= 0:
+            raise ValueError(f"memory_mb must be positive or None, got {self.memory_mb}")
+        formats = tuple(f.upper() for f in self.formats)
+        if not formats:
+            raise ValueError("formats must name at least one Pillow format")
+        bad = sorted(set(formats) & _FORBIDDEN_FORMATS)
+        if bad:
+            raise ValueError(f"formats {bad} are never decoded: Pillow runs Ghostscript for them")
+        unknown = sorted(set(formats) - set(ALLOWED_FORMATS) - set(OPTIONAL_FORMATS))
+        if unknown:
+            choices = ", ".join(ALLOWED_FORMATS + OPTIONAL_FORMATS)
+            raise ValueError(f"unknown image formats {unknown}; choose from {choices}")
+        object.__setattr__(self, "formats", formats)
+
+
+@dataclass
+class Decoded:
+    """One decoded image: upright pixels, what the file was, and the hash of its bytes."""
+
+    pixels: np.ndarray  # (H, W, 3|4), uint8 or uint16
+    meta: ImageMeta
+    content_hash: str  # sha256 hex of the file's bytes
+
+    @property
+    def has_alpha(self) -> bool:
+        """True for RGBA output (the writer and alpha-aware stages branch on it)."""
+        return self.pixels.shape[2] == 4
+
+
+# --------------------------------------------------------------------------- memory cap
+
+
+def apply_memory_cap(limits: DecodeLimits) -> bool:
+    """Cap this process's address space at ``limits.memory_mb``; True when a cap is in force.
+
+    Called once in each worker, so a decompression bomb that slips past the pixel cap raises
+    MemoryError (reported as ``memory_limit``) instead of waking the kernel's OOM killer. Where
+    the OS has no RLIMIT_AS (Windows) or refuses it (macOS), the pool's crash handling is what
+    remains.
+    """
+    if limits.memory_mb is None:
+        return False
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    want = limits.memory_mb * 1024**2
+    try:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    except (ValueError, OSError):  # pragma: no cover - platform refuses
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def decode_file(path: str | Path, limits: DecodeLimits) -> Decoded:
+    """Read, hash and decode one file; raise ItemError with a reason code on any failure."""
+    try:
+        data = _read_capped(Path(path), limits)
+    except MemoryError:
+        raise _memory_error(str(path), limits) from None
+    return decode_bytes(data, limits, source=str(path))
+
+
+def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>") -> Decoded:
+    """Decode bytes already in memory (``source`` names them in error messages).
+
+    The size cap is checked here too, so callers that read files themselves get the same
+    protection as :func:`decode_file`.
+    """
+    if len(data) > limits.max_file_bytes:
+        raise _too_large(source, len(data), limits)
+    content_hash = hashlib.sha256(data).hexdigest()
+    if not data:
+        raise ItemError(
+            "decode_error",
+            f"{source}: the file is empty (0 bytes), probably an interrupted copy "
+            "(fix: copy the file again from its origin)",
+        )
+    notes: list[str] = []
+    with _pillow_pixel_cap(limits.max_pixels), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            pixels, meta = _decode(data, limits, source, notes)
+        except ItemError:
+            raise
+        except MemoryError:
+            raise _memory_error(source, limits) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _pixel_bomb(source, limits, str(exc)) from None
+        except UnidentifiedImageError:
+            raise _unidentified(source, data, limits) from None
+        except _DECODE_ERRORS as exc:
+            raise _decode_error(source, exc) from None
+        except Exception as exc:  # anything else a hostile file provokes is still one bad file
+            raise _decode_error(source, exc) from None
+        meta.notes.extend(_warning_notes(caught, notes))
+    return Decoded(pixels=pixels, meta=meta, content_hash=content_hash)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_capped(path: Path, limits: DecodeLimits) -> bytes:
+    """The file's bytes, refusing before reading when it is over the cap.
+
+    Reads the size fstat reported plus one byte (``read(n)`` allocates n bytes up front, so never
+    ask for the cap itself), then, only if the file grew meanwhile, more up to cap + 1 bytes.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(info.st_mode):
+                raise ItemError(
+                    "unreadable",
+                    f"{path}: not a regular file (a FIFO, socket or device) (fix: narrow "
+                    "[input] include so it is not picked up)",
+                )
+            if info.st_size > limits.max_file_bytes:
+                raise _too_large(str(path), info.st_size, limits)
+            data = _read_upto(fh, info.st_size, limits.max_file_bytes)
+    except ItemError:
+        raise
+    except FileNotFoundError:
+        raise ItemError(
+            "unreadable", f"{path}: no such file (fix: check the path; was it moved or deleted?)"
+        ) from None
+    except IsADirectoryError:
+        raise ItemError(
+            "unreadable", f"{path}: is a directory, not an image file (fix: narrow [input] include)"
+        ) from None
+    except PermissionError:
+        raise ItemError(
+            "unreadable",
+            f"{path}: permission denied (fix: make the file readable by the user running imgflow)",
+        ) from None
+    except OSError as exc:
+        raise ItemError(
+            "unreadable", f"{path}: cannot read the file: {exc.strerror or exc} (fix: check the disk)"
+        ) from None
+    if len(data) > limits.max_file_bytes:
+        raise _too_large(str(path), len(data), limits)
+    return data
+
+
+def _read_upto(fh: io.BufferedReader, size: int, cap: int) -> bytes:
+    """``size`` + 1 bytes, then 1 MiB chunks while the file keeps growing, stopping past ``cap``."""
+    chunks = [fh.read(size + 1)]
+    total = len(chunks[0])
+    while total > size and total <= cap:
+        chunk = fh.read(min(1024**2, cap + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+@contextmanager
+def _pillow_pixel_cap(max_pixels: int) -> Iterator[None]:
+    """Make Pillow's own bomb check agree with ours for the duration of a decode.
+
+    Pillow checks ``Image.MAX_IMAGE_PIXELS`` (a process global) on open and again while loading
+    some formats. Left at its default (~89 MP) it would refuse images our cap allows; so while any
+    decode runs it is set to the largest cap in use, and restored when the last one ends. Our own
+    header check enforces each call's exact cap.
+    """
+    with _cap_lock:
+        if not _active_caps:
+            _saved_cap[0] = Image.MAX_IMAGE_PIXELS
+        _active_caps.append(max_pixels)
+        Image.MAX_IMAGE_PIXELS = max(_active_caps)
+    try:
+        yield
+    finally:
+        with _cap_lock:
+            _active_caps.remove(max_pixels)
+            Image.MAX_IMAGE_PIXELS = max(_active_caps) if _active_caps else _saved_cap[0]
+
+
+_cap_lock = threading.Lock()
+_active_caps: list[int] = []
+_saved_cap: list[int | None] = [Image.MAX_IMAGE_PIXELS]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _open(data: bytes, limits: DecodeLimits, source: str) -> ImageFile.ImageFile:
+    """A fresh image object over ``data``, restricted to the allowed formats (header only).
+
+    MPO has no opener of its own in Pillow (the JPEG opener returns MPO files), so it is left out
+    of the list handed to Pillow and checked on the result instead.
+    """
+    im = Image.open(io.BytesIO(data), formats=[f for f in limits.formats if f != "MPO"])
+    if im.format not in limits.formats:
+        im.close()
+        raise ItemError(
+            "unsupported_format",
+            f"{source}: a {im.format} file, which this pipeline does not read (fix: add "
+            f"{im.format} to the allowed formats, or convert the file)",
+        )
+    return im
+
+
+def _decode(
+    data: bytes, limits: DecodeLimits, source: str, notes: list[str]
+) -> tuple[np.ndarray, ImageMeta]:
+    """The decode proper; any exception escapes to :func:`decode_bytes` for classification."""
+    im = _open(data, limits, source)
+    try:
+        fmt = str(im.format)
+        mode = im.mode
+        _check_pixels(im.size, source, limits)
+        frames = _count_frames(im, data, limits, source, notes)
+        _note_colour_precision(im, notes)
+        _draft(im, limits.hint, notes)
+        im.load()
+        orientation = _read_orientation(im, notes)
+        pixels, bit_depth = _to_array(im, notes)
+    finally:
+        im.close()
+    pixels = np.ascontiguousarray(_orient(pixels, orientation))
+    meta = ImageMeta(
+        width=int(pixels.shape[1]),
+        height=int(pixels.shape[0]),
+        mode=mode,
+        format=fmt,
+        bit_depth=bit_depth,
+        frames=frames,
+        orientation=orientation,
+        notes=notes,
+    )
+    return pixels, meta
+
+
+def draft_request(size: tuple[int, int], hint: DecodeHint, orientation: int) -> tuple[int, int] | None:
+    """The smallest (width, height) in file coordinates that still satisfies ``hint``.
+
+    None when no reduction is possible (the stage needs the full size or more). EXIF
+    orientations 5-8 swap the axes, which matters only for an exact (height, width) hint.
+    """
+    width, height = size
+    if hint.edge == "exact":
+        want_h, want_w = hint.size if isinstance(hint.size, tuple) else (hint.size, hint.size)
+        if orientation in (5, 6, 7, 8):
+            want_h, want_w = want_w, want_h
+        scale = max(want_w / width, want_h / height)
+    else:
+        edge = max(width, height) if hint.edge == "longer" else min(width, height)
+        scale = int(hint.size) / edge  # type: ignore[arg-type]
+    if scale > 0.5:  # DCT scaling at least halves; nothing to gain
+        return None
+    return (max(1, -(-int(width * scale * 1000) // 1000)), max(1, -(-int(height * scale * 1000) // 1000)))
+
+
+def _draft(im: ImageFile.ImageFile, hint: DecodeHint | None, notes: list[str]) -> None:
+    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale when the first stage shrinks anyway."""
+    if hint is None or im.format not in ("JPEG", "MPO") or im.mode not in ("RGB", "L", "CMYK", "YCbCr"):
+        return
+    orientation = 1
+    try:
+        orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a broken EXIF block is noted later, by the orientation reader
+        pass
+    request = draft_request(im.size, hint, orientation)
+    if request is None:
+        return
+    before = im.size
+    im.draft(im.mode, request)
+    if im.size != before:
+        notes.append(f"decoded at reduced scale {im.size[0]}x{im.size[1]} of {before[0]}x{before[1]} "
+                     "(JPEG DCT scaling for the first stage's resize)")
+
+
+def _check_pixels(size: tuple[int, int], source: str, limits: DecodeLimits) -> None:
+    """Refuse from the header alone: nothing has been allocated for pixels yet."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ItemError(
+            "decode_error",
+            f"{source}: the header claims a {width}x{height} image (fix: the file is damaged; "
+            "re-export it)",
+        )
+    if width * height > limits.max_pixels:
+        raise ItemError(
+            "too_many_pixels",
+            f"{source}: image is {width}x{height} = {width * height:,} pixels, over the cap of "
+            f"{limits.max_pixels:,} pixels (fix: raise [run] max_pixels if the file is genuine, "
+            "or remove it: a tiny file claiming huge dimensions is a decompression bomb)",
+        )
+
+
+def _count_frames(
+    im: ImageFile.ImageFile, data: bytes, limits: DecodeLimits, source: str, notes: list[str]
+) -> int:
+    """How many frames the file holds, counted on a separate image object.
+
+    Counting seeks through the file; doing it on a throwaway object keeps the one we decode
+    pristine, and a failure (corrupt later frame) costs only a note: we decode frame 0 anyway.
+    """
+    if not isinstance(getattr(type(im), "n_frames", None), property):
+        return max(1, int(getattr(im, "n_frames", 1) or 1))  # a plain attribute set by the header
+    counter = _open(data, limits, source)
+    try:
+        return max(1, int(counter.n_frames))
+    except MemoryError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise
+    except Exception as exc:
+        notes.append(f"could not count frames ({type(exc).__name__}: {exc}); decoded frame 1")
+        return 1
+    finally:
+        counter.close()
+
+
+def _note_colour_precision(im: ImageFile.ImageFile, notes: list[str]) -> None:
+    """Record when Pillow will reduce 16-bit-per-channel colour to 8 bits while decoding."""
+    if im.mode not in ("RGB", "RGBA", "LA"):
+        return
+    for tile in im.tile or ():
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            notes.append(
+                f"16-bit-per-channel {im.mode} reduced to 8 bits (Pillow has no 16-bit colour mode)"
+            )
+            return
+
+
+def _read_orientation(im: Image.Image, notes: list[str]) -> int:
+    """The EXIF orientation (1-8); an unreadable or invalid value is a note and means 1."""
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        notes.append(f"EXIF block unreadable, orientation not applied ({type(exc).__name__}: {exc})")
+        return 1
+    if isinstance(value, int) and 1 <= value <= 8:
+        return value
+    notes.append(f"EXIF orientation {value!r} is not 1-8; ignored")
+    return 1
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation so the result is upright (the inverse of how it was stored).
+
+    The table is EXIF's: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
+    7 transverse, 8 rotate 90 counter-clockwise. Done on the array so it works for every dtype.
+    """
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1, :]
+    if orientation == 5:
+        return pixels.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(pixels, k=-1)
+    if orientation == 7:
+        return pixels[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(pixels, k=1)
+    return pixels
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def _to_array(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
+    """Convert a loaded image to one of the four output layouts; returns (pixels, bit_depth)."""
+    mode = im.mode
+    if mode in _GRAY16_MODES:
+        return _gray3(np.asarray(im).astype(np.uint16)), 16
+    if mode == "I":
+        return _gray3(_int_to_u16(np.asarray(im), notes)), 16
+    if mode == "F":
+        return _gray3(_float_to_u16(np.asarray(im), notes)), 16
+    if mode in ("1", "L", "RGB") and "transparency" in im.info:
+        return np.asarray(im.convert("RGBA")), 8  # PNG colour key: that value is transparent
+    if mode in ("1", "L"):
+        return _gray3(np.asarray(im.convert("L"))), 8
+    if mode in ("LA", "La"):
+        la = np.asarray(im if mode == "LA" else im.convert("LA"))
+        return np.concatenate([_gray3(la[..., 0]), la[..., 1:2]], axis=2), 8
+    if mode == "P":
+        target = "RGBA" if im.has_transparency_data else "RGB"
+        return np.asarray(im.convert(target)), 8
+    if mode in ("PA", "RGBa"):
+        return np.asarray(im.convert("RGBA")), 8
+    if mode in ("RGB", "RGBA", "CMYK"):
+        return np.asarray(_to_srgb(im, notes)), 8
+    if mode in ("RGBX", "YCbCr", "LAB", "HSV"):
+        return np.asarray(im.convert("RGB")), 8
+    notes.append(f"unusual mode {mode!r} converted to RGB by Pillow")
+    return np.asarray(im.convert("RGB")), 8
+
+
+def _gray3(gray: np.ndarray) -> np.ndarray:
+    """(H, W) -> (H, W, 3) with three equal channels, as stages expect."""
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _int_to_u16(values: np.ndarray, notes: list[str]) -> np.ndarray:
+    """32-bit integer levels kept when they fit 16 bits; clipped (with a note) when not."""
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi > 65535:
+        notes.append(f"32-bit integer values {lo}..{hi} clipped to 0..65535")
+        values = np.clip(values, 0, 65535)
+    return values.astype(np.uint16)
+
+
+def _float_to_u16(values: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Float images: [0, 1] is a normalised intensity, anything else is clipped levels."""
+    values = values.astype(np.float64)
+    nan = np.isnan(values)
+    if nan.any():
+        notes.append(f"{int(nan.sum())} NaN pixel(s) set to 0")
+        values = np.where(nan, 0.0, values)
+    lo, hi = float(values.min()), float(values.max())
+    if 0.0 <= lo and hi <= 1.0:
+        return np.rint(values * 65535.0).astype(np.uint16)
+    if lo < 0.0 or hi > 65535.0:
+        notes.append(f"float values {lo:g}..{hi:g} clipped to 0..65535")
+    return np.rint(np.clip(values, 0.0, 65535.0)).astype(np.uint16)
+
+
+def _to_srgb(im: Image.Image, notes: list[str]) -> Image.Image:
+    """RGB/RGBA/CMYK to sRGB, through the embedded ICC profile when it is not already sRGB."""
+    icc = im.info.get("icc_profile")
+    if not icc:
+        return im.convert("RGB") if im.mode == "CMYK" else im
+    from PIL import ImageCms  # only files that carry a profile pay for littlecms
+
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        name = (ImageCms.getProfileDescription(profile) or "").strip() or "unnamed"
+        if im.mode != "CMYK" and _looks_srgb(name):
+            return im
+        out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
+        transform = ImageCms.buildTransform(profile, _srgb_profile(), im.mode, out_mode)
+        converted = ImageCms.applyTransform(im, transform)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        fallback = "Pillow's CMYK conversion used" if im.mode == "CMYK" else "colours kept as stored"
+        notes.append(f"embedded ICC profile unusable ({exc}); {fallback}")
+        return im.convert("RGB") if im.mode == "CMYK" else im
+    assert converted is not None
+    notes.append(f"converted from ICC profile '{name}' to sRGB")
+    return converted
+
+
+def _looks_srgb(description: str) -> bool:
+    """sRGB profiles (the camera default) need no transform; trust their description."""
+    text = description.lower()
+    return "srgb" in text and "linear" not in text
+
+
+_srgb_cache: list[object] = []
+
+
+def _srgb_profile() -> object:
+    """The built-in sRGB profile, created once per process."""
+    if not _srgb_cache:
+        from PIL import ImageCms
+
+        _srgb_cache.append(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")))
+    return _srgb_cache[0]
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _too_large(source: str, size: int, limits: DecodeLimits) -> ItemError:
+    """file_too_large, naming the size, the cap and the setting that raises it."""
+    cap_mb = limits.max_file_bytes / 1024**2
+    return ItemError(
+        "file_too_large",
+        f"{source}: file is {size:,} bytes ({size / 1024**2:.1f} MB), over the cap of "
+        f"{limits.max_file_bytes:,} bytes ({cap_mb:g} MB) (fix: raise [run] max_file_mb if the "
+        "file is genuine)",
+    )
+
+
+def _pixel_bomb(source: str, limits: DecodeLimits, detail: str) -> ItemError:
+    """Pillow refused a size (on open, or while loading a frame or tile): say it in our terms."""
+    found = re.search(r"Image size \((\d+) pixels\)", detail)
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return ItemError(
+        "too_many_pixels",
+        f"{source}: image is {size}, over the cap of {limits.max_pixels:,} pixels (fix: raise "
+        "[run] max_pixels if the file is genuine, or remove it: a small file claiming huge "
+        "dimensions is a decompression bomb)",
+    )
+
+
+def _memory_error(source: str, limits: DecodeLimits) -> ItemError:
+    """memory_limit, naming the per-worker cap that was hit."""
+    cap = f"the per-worker cap of {limits.memory_mb} MB" if limits.memory_mb else "available memory"
+    return ItemError(
+        "memory_limit",
+        f"{source}: decoding needed more than {cap} (fix: raise [run] worker_memory_mb, lower "
+        "[run] max_pixels to refuse such files up front, or remove the file)",
+    )
+
+
+def _decode_error(source: str, exc: BaseException) -> ItemError:
+    """decode_error, keeping the exception type and text (they say what was damaged)."""
+    text = str(exc) or "no detail"
+    return ItemError(
+        "decode_error",
+        f"{source}: cannot decode: {type(exc).__name__}: {text} (fix: the file is damaged or "
+        "truncated; copy or export it again)",
+    )
+
+
+def _unidentified(source: str, data: bytes, limits: DecodeLimits) -> ItemError:
+    """Pillow found no allowed format: say what the file looks like, and whether that is damage."""
+    detected = sniff_format(data)
+    allowed = ", ".join(limits.formats)
+    if detected in limits.formats:
+        return ItemError(
+            "decode_error",
+            f"{source}: starts like a {detected} file but its header is damaged "
+            f"({_header_problem(data, detected)}) (fix: copy or export the file again)",
+        )
+    what = f"detected format {detected}" if detected else "not a recognised image"
+    return ItemError(
+        "unsupported_format",
+        f"{source}: {what}; imgflow reads {allowed} (fix: convert the file to one of those, or "
+        "leave it out with [input] include)",
+    )
+
+
+def _header_problem(data: bytes, fmt: str) -> str:
+    """Why ``fmt``'s opener rejected the header (Image.open keeps that reason to itself).
+
+    Runs the same header parser Image.open already ran on these bytes, only to get its message.
+    """
+    opener = Image.OPEN.get(fmt)
+    if opener is None:
+        return "no detail"
+    try:
+        opener[0](io.BytesIO(data), "").close()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no detail"
+
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"II+\x00", 0, "TIFF"),
+    (b"MM\x00+", 0, "TIFF"),
+    (b"BM", 0, "BMP"),
+    (b"WEBP", 8, "WEBP"),
+    (b"%!PS", 0, "EPS"),
+    (b"\xc5\xd0\xd3\xc6", 0, "EPS"),
+    (b"%PDF", 0, "PDF"),
+    (b"8BPS", 0, "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG2000"),
+    (b"ftypheic", 4, "HEIC"),
+    (b"ftypheix", 4, "HEIC"),
+    (b"ftypmif1", 4, "HEIF"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"qoif", 0, "QOI"),
+    (b"icns", 0, "ICNS"),
+    (b"DDS ", 0, "DDS"),
+    (b"SIMPLE  ", 0, "FITS"),
+    (b"<svg", 0, "SVG"),
+    (b"<?xml", 0, "XML/SVG"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """A format name guessed from magic bytes, without running any decoder (for messages)."""
+    for magic, offset, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    if len(data) >= 2 and data[:1] == b"P" and data[1:2] in b"123456":
+        return "PPM"
+    return None
+
+
+_CODE_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _warning_notes(caught: list[warnings.WarningMessage], notes: list[str]) -> list[str]:
+    """Pillow's warnings (corrupt EXIF and the like) as short, de-duplicated notes."""
+    seen = set(notes)
+    extra: list[str] = []
+    for item in caught:
+        if issubclass(item.category, _CODE_WARNINGS):
+            continue  # about Pillow's API, not about this file
+        text = f"{item.category.__name__}: {str(item.message).strip()}"[:200]
+        if text not in seen:
+            seen.add(text)
+            extra.append(text)
+    return extra
