@@ -76,6 +76,8 @@ class RunSection(_Section):
     max_file_mb: float = Field(512, gt=0, description="Refuse files larger than this many MiB.")
     worker_memory_mb: int | None = Field(4096, ge=64, description="Address-space cap per decode worker.")
     decode_timeout_s: float = Field(120.0, gt=0, description="Kill a decode worker stuck this long on one file.")
+    decode_downscale: bool = Field(
+        True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
 
 
 SECTION_MODELS: dict[str, type[_Section]] = {
@@ -134,6 +136,7 @@ class Pipeline:
         doc = {
             "imgflow": __version__,
             "seed": self.run.seed,
+            "decode_downscale": self.run.decode_downscale,
             "output": self.output.model_dump(mode="json", exclude={"path", "manifest", "overwrite"}),
             "stages": [
                 {

@@ -285,45 +285,77 @@ class Runner:
         if first is None:  # nothing new: no torch, no workers, no weights
             self.counts["skipped"] = selector.skipped
             return
-        self._setup_stages()
-        self._open_progress()
         decoded_q: queue.Queue = queue.Queue(maxsize=max(4, self.pipeline.run.batch_size * 2))
-        feeder = threading.Thread(target=self._feed, args=(first, tasks, decoded_q), name="imgflow-feeder",
-                                  daemon=True)
-        writer = ThreadPoolExecutor(max_workers=self.pipeline.run.workers, thread_name_prefix="imgflow-writer")
-        done_q: queue.Queue = queue.Queue()
-        in_flight = threading.BoundedSemaphore(self.pipeline.run.workers * 2)
-        ctx = _RunContext(store, run_id, fingerprint, writer, done_q, in_flight)
+        stop = threading.Event()
+        feeder = threading.Thread(target=self._feed, args=(first, tasks, decoded_q, stop),
+                                  name="imgflow-feeder", daemon=True)
+        # Decoding starts first, so worker start-up and the first decodes overlap with importing
+        # torch and loading weights. Nothing is recorded until the stages are ready, so a setup
+        # failure (missing weights, no CUDA) still fails the run before any item is processed.
         feeder.start()
+        writer = ThreadPoolExecutor(max_workers=self.pipeline.run.workers, thread_name_prefix="imgflow-writer")
         try:
-            self._consume(decoded_q, ctx)
+            self._setup_stages()
+            self._open_progress()
+            in_flight = threading.BoundedSemaphore(self.pipeline.run.workers * 2)
+            ctx = _RunContext(store, run_id, fingerprint, writer, queue.Queue(), in_flight)
+            try:
+                self._consume(decoded_q, ctx)
+            finally:
+                writer.shutdown(wait=True)
+                self._drain_done(ctx, block=False)
         finally:
             writer.shutdown(wait=True)
-            self._drain_done(ctx, block=False)
-            feeder.join(timeout=5)
+            _stop_feeder(stop, decoded_q, feeder)
         self.counts["skipped"] = selector.skipped
 
-    def _feed(self, first: tuple[Task, Path], tasks: Iterator[tuple[Task, Path]], out_q: queue.Queue) -> None:
-        """Feeder thread: walk + select + decode in worker processes, results into a bounded queue."""
+    def _decode_limits(self) -> Any:
         from imgflow.decode import DecodeLimits
+
+        run = self.pipeline.run
+        hint = self.stages[0].decode_hint() if run.decode_downscale and self.stages else None
+        return DecodeLimits(max_pixels=run.max_pixels, max_file_bytes=int(run.max_file_mb * 1024 * 1024),
+                            memory_mb=run.worker_memory_mb, hint=hint)
+
+    def _feed(self, first: tuple[Task, Path], tasks: Iterator[tuple[Task, Path]], out_q: queue.Queue,
+              stop: threading.Event) -> None:
+        """Feeder thread: walk + select + decode in worker processes, results into a bounded queue."""
         from imgflow.decodepool import DecodePool
 
         run = self.pipeline.run
-        limits = DecodeLimits(max_pixels=run.max_pixels, max_file_bytes=int(run.max_file_mb * 1024 * 1024),
-                              memory_mb=run.worker_memory_mb)
 
         def all_tasks() -> Iterator[tuple[Task, Path]]:
             yield first
-            yield from tasks
+            for task in tasks:
+                if stop.is_set():
+                    return
+                yield task
+
+        def put(value: object) -> bool:
+            while not stop.is_set():
+                try:
+                    out_q.put(value, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         try:
-            with DecodePool(workers=run.workers, limits=limits, timeout_s=run.decode_timeout_s) as pool:
-                for task, outcome, seconds in pool.imap_unordered(all_tasks()):
-                    out_q.put((task, outcome, seconds))
+            with DecodePool(workers=run.workers, limits=self._decode_limits(),
+                            timeout_s=run.decode_timeout_s) as pool:
+                outcomes = pool.imap_unordered(all_tasks())
+                try:
+                    for outcome in outcomes:
+                        if not put(outcome):
+                            break
+                finally:
+                    close = getattr(outcomes, "close", None)
+                    if close is not None:
+                        close()
         except BaseException as exc:  # surfaced in the main thread
-            out_q.put(exc)
+            put(exc)
         finally:
-            out_q.put(_END)
+            put(_END)
 
     def _consume(self, decoded_q: queue.Queue, ctx: _RunContext) -> None:
         batch_size = self._batch_size()
@@ -553,6 +585,15 @@ class _RunContext:
     writer: ThreadPoolExecutor
     done_q: queue.Queue
     in_flight: threading.BoundedSemaphore
+
+
+def _stop_feeder(stop: threading.Event, decoded_q: queue.Queue, feeder: threading.Thread) -> None:
+    """Stop decoding (on success this finds the feeder already done) and wait for it."""
+    stop.set()
+    while feeder.is_alive():
+        with contextlib.suppress(queue.Empty):
+            decoded_q.get(timeout=0.1)
+    feeder.join()
 
 
 def _place(batch: Batch, device: torch.device) -> Batch:

@@ -24,6 +24,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Artifact, Batch
 
 
+@dataclass(frozen=True)
+class DecodeHint:
+    """The smallest image the first stage needs, so the decoder may decode JPEGs smaller.
+
+    JPEG can be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``draft``) for a
+    fraction of the cost of a full decode. The decoder picks the largest reduction that still
+    leaves the image at least this big: ``edge="longer"``/``"shorter"`` with an int ``size``
+    (that edge must stay >= size), or ``edge="exact"`` with ``size=(height, width)``.
+    """
+
+    edge: str
+    size: int | tuple[int, int]
+
+
 class StageKind(str, enum.Enum):
     """What family a stage belongs to; ``imgflow stages list --kind`` filters on it."""
 
@@ -117,6 +131,15 @@ class Stage:
 
     def teardown(self) -> None:
         """Release memory (models, caches). Called once, even after errors."""
+
+    def decode_hint(self) -> DecodeHint | None:
+        """Only asked of the first stage: the smallest image it needs (None: full resolution).
+
+        A stage that shrinks every image to a known size (a resize) returns one, and JPEGs are
+        then decoded directly at a reduced scale. Pixels differ slightly from a full decode
+        followed by the stage's own resampling; ``[run] decode_downscale = false`` turns it off.
+        """
+        return None
 
     def fingerprint(self) -> dict[str, Any]:
         """Extra facts that change outputs beyond the parameters, e.g. weight file hashes.

@@ -131,7 +131,8 @@ def test_hostile_corpus_gives_one_record_per_file_with_the_right_reason(tmp_path
     corpus = make_hostile_corpus(images)
     pipe = write_pipeline(tmp_path / "p.toml", input=images, output=tmp_path / "out",
                           stages=[{"use": "resize", "size": 16}],
-                          run={"max_pixels": 20_000_000, "max_file_mb": 1, "batch_size": 4})
+                          run={"max_pixels": 20_000_000, "max_file_mb": 1, "batch_size": 4},
+                          out={"naming": "{name}{variant}.{ext}"})  # valid.ppm and valid.png both -> PNG
     text = pipe.read_text().replace("[input]\n", "[input]\ninclude = [\"**/*\"]\n")
     pipe.write_text(text)
     result = run(["run", pipe], env={"IMGFLOW_TEST_CRASH_ON": "segv:valid.bmp"})

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from imgflow import Params, Stage, StageContext, StageKind
+from imgflow.stage import DecodeHint
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -346,6 +347,13 @@ class Resize(Augmenter):
     writes = ("image", "alpha")
     random = False
     Params = ResizeParams
+
+    def decode_hint(self) -> DecodeHint | None:
+        """A resize to a known size lets the decoder skip pixels it would throw away."""
+        p = self.params
+        if isinstance(p.size, int):
+            return DecodeHint(edge=p.edge, size=p.size)
+        return DecodeHint(edge="exact", size=(int(p.size[0]), int(p.size[1])))
 
     def transform(self, x: torch.Tensor, params: list[None]) -> torch.Tensor:
         from imgflow_augment import ops
