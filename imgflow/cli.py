@@ -349,6 +349,9 @@ def _add_plugin_commands() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    # Idle OpenMP threads otherwise spin and steal the cores the decode workers and encoders
+    # need (measured: 9.1 s -> 7.8 s over 500 photos on 2 cores). Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _add_plugin_commands()
     cli.main(args=argv, prog_name="imgflow")
 
