@@ -353,7 +353,23 @@ def main(argv: list[str] | None = None) -> None:
     # need (measured: 9.1 s -> 7.8 s over 500 photos on 2 cores). Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _add_plugin_commands()
-    cli.main(args=argv, prog_name="imgflow")
+    if argv is not None:  # called from Python: behave like any click command
+        cli.main(args=argv, prog_name="imgflow")
+        return
+    try:
+        cli.main(prog_name="imgflow")
+    except SystemExit as exc:
+        if "torch" not in sys.modules:
+            raise
+        # Every output, the state store and the manifest are written, fsynced and closed by now;
+        # skipping the interpreter's teardown of torch saves ~0.4 s on every cron run.
+        code = exc.code
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

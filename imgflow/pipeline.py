@@ -76,6 +76,7 @@ class RunSection(_Section):
     max_file_mb: float = Field(512, gt=0, description="Refuse files larger than this many MiB.")
     worker_memory_mb: int | None = Field(4096, ge=64, description="Address-space cap per decode worker.")
     decode_timeout_s: float = Field(120.0, gt=0, description="Kill a decode worker stuck this long on one file.")
+    prefetch_mb: float = Field(256, gt=0, description="Decoded pixels held ahead of the stages (MiB).")
     decode_downscale: bool = Field(
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
 

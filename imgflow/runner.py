@@ -15,6 +15,7 @@ at any instant leaves no partial file under a final name and, rerun, redoes only
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import sys
@@ -293,7 +294,8 @@ class Runner:
         if first is None:  # nothing new: no torch, no workers, no weights
             self.counts["skipped"] = selector.skipped
             return
-        decoded_q: queue.Queue = queue.Queue(maxsize=max(4, self.pipeline.run.batch_size * 2))
+        decoded_q = ByteBoundedQueue(max_bytes=int(self.pipeline.run.prefetch_mb * 1024 * 1024),
+                                     min_items=max(4, self._batch_size() * 2))
         stop = threading.Event()
         feeder = threading.Thread(target=self._feed, args=(first, tasks, decoded_q, stop),
                                   name="imgflow-feeder", daemon=True)
@@ -325,7 +327,7 @@ class Runner:
         return DecodeLimits(max_pixels=run.max_pixels, max_file_bytes=int(run.max_file_mb * 1024 * 1024),
                             memory_mb=run.worker_memory_mb, hint=hint)
 
-    def _feed(self, first: tuple[Task, Path], tasks: Iterator[tuple[Task, Path]], out_q: queue.Queue,
+    def _feed(self, first: tuple[Task, Path], tasks: Iterator[tuple[Task, Path]], out_q: ByteBoundedQueue,
               stop: threading.Event) -> None:
         """Feeder thread: walk + select + decode in worker processes, results into a bounded queue."""
         from imgflow.decodepool import DecodePool
@@ -365,7 +367,7 @@ class Runner:
         finally:
             put(_END)
 
-    def _consume(self, decoded_q: queue.Queue, ctx: _RunContext) -> None:
+    def _consume(self, decoded_q: ByteBoundedQueue, ctx: _RunContext) -> None:
         batch_size = self._batch_size()
         pending: list[Pending] = []
         while True:
@@ -595,7 +597,50 @@ class _RunContext:
     in_flight: threading.BoundedSemaphore
 
 
-def _stop_feeder(stop: threading.Event, decoded_q: queue.Queue, feeder: threading.Thread) -> None:
+class ByteBoundedQueue:
+    """A FIFO bounded by the bytes of the decoded pixels it holds (and at least ``min_items``).
+
+    A count bound would either starve the stages (big scans) or hold too little while torch and
+    the weights load (small photos); a byte bound lets decoding run ahead by a fixed amount of
+    memory, whatever the image size and however many files the folder holds.
+    """
+
+    def __init__(self, max_bytes: int, min_items: int) -> None:
+        self.max_bytes = max_bytes
+        self.min_items = min_items
+        self._items: collections.deque = collections.deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+
+    @staticmethod
+    def _size(value: object) -> int:
+        if isinstance(value, tuple) and len(value) == 3:
+            pixels = getattr(value[1], "pixels", None)
+            if pixels is not None:
+                return int(pixels.nbytes)
+        return 0
+
+    def put(self, value: object, timeout: float | None = None) -> None:
+        size = self._size(value)
+        with self._cond:
+            full = lambda: len(self._items) >= self.min_items and self._bytes + size > self.max_bytes  # noqa: E731
+            if full() and not self._cond.wait_for(lambda: not full(), timeout=timeout):
+                raise queue.Full
+            self._items.append((value, size))
+            self._bytes += size
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> object:
+        with self._cond:
+            if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout=timeout):
+                raise queue.Empty
+            value, size = self._items.popleft()
+            self._bytes -= size
+            self._cond.notify_all()
+            return value
+
+
+def _stop_feeder(stop: threading.Event, decoded_q: ByteBoundedQueue, feeder: threading.Thread) -> None:
     """Stop decoding (on success this finds the feeder already done) and wait for it."""
     stop.set()
     while feeder.is_alive():
