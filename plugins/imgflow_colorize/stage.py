@@ -55,8 +55,9 @@ class ColorizeParams(Params):
     saturation: float = Field(1.0, ge=0.0, description="Multiplies the predicted ab (0 = grey, >1 = more vivid).")
     weights: str | None = Field(
         None,
-        description="A checkpoint path (relative to the pipeline file) or URL to use instead of the "
-        "registry's official colorize-<model> weights, e.g. a fine-tuned model.",
+        description="A checkpoint to use instead of the official colorize-<model> weights, e.g. a "
+        "fine-tuned model: a registered model name (imgflow models list), a path (relative to the "
+        "pipeline file) or a URL.",
     )
     hints: str | None = Field(
         None,
@@ -127,7 +128,9 @@ class Colorize(Stage):
         w = self.params.weights
         if w is None:
             return registry_name(self.params.model)
-        return w if is_url(w) else self.context.resolve(w)
+        if is_url(w) or _is_registered(w):
+            return w
+        return self.context.resolve(w)
 
     def fingerprint(self) -> dict[str, Any]:
         """Which weights produce the colours: the registry name and hash prefix, or the custom
@@ -391,6 +394,16 @@ def _hint_ab(point: dict[str, Any], where: str, bad: Any) -> tuple[float, float]
 
     colour = lab.rgb2lab(torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1) / 255.0)
     return float(colour[1, 0, 0]), float(colour[2, 0, 0])
+
+
+def _is_registered(name: str) -> bool:
+    """True when ``name`` is a model in the shared registry (not a file name)."""
+    from imgflow import ImgflowError, models
+
+    try:
+        return name in models.registry()
+    except ImgflowError:
+        return False
 
 
 def _registry_prefix(name: str) -> str:
