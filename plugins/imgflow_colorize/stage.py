@@ -70,8 +70,9 @@ class ColorizeParams(Params):
     )
     autocast: Literal["auto", "off"] = Field(
         "auto",
-        description="auto: float16/bfloat16 on CUDA when it stays within about 1 Delta-E of float32 "
-        "(checked at setup); never on CPU. off: always float32.",
+        description="auto: float16/bfloat16 on CUDA, bfloat16 on CPUs that compute it natively "
+        "(AVX512-BF16/AMX), each only when it stays within about 1 Delta-E of float32 (checked at "
+        "setup). off: always float32.",
     )
 
     @model_validator(mode="after")
@@ -161,8 +162,8 @@ class Colorize(Stage):
             net = networks.build(self.params.model)
         _load_strict(net, state, self._describe_weights(), self.params.model)
         net.eval().to(device)
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        # channels_last: oneDNN and cuDNN pick faster convolutions (CPU: 10-18% on these nets)
+        net = net.to(memory_format=torch.channels_last)
         self.net = net
         self.weights_id = self.fingerprint()["weights"]
         self.amp_dtype = self._choose_precision(device)
@@ -175,17 +176,26 @@ class Colorize(Stage):
         return str(source) if isinstance(source, Path) or is_url(source) else f"registry model '{source}'"
 
     def _choose_precision(self, device: torch.device) -> Any:
-        """float16, then bfloat16, on CUDA when a calibration forward stays within tolerance."""
+        """A reduced precision when a calibration forward stays within tolerance of float32.
+
+        CUDA tries float16, then bfloat16. A CPU tries bfloat16 only when it computes it natively
+        (AVX512-BF16 or AMX): there it runs these networks 2.2-2.5x faster (measured on an AMD
+        EPYC, 8 x 256^2), while an emulated bfloat16 would be slower than float32.
+        """
         import torch
 
-        if self.params.autocast == "off" or device.type != "cuda":
+        if self.params.autocast == "off":
+            return None
+        if device.type == "cuda":
+            candidates = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
+        elif device.type == "cpu" and cpu_has_native_bf16():
+            candidates = [torch.bfloat16]
+        else:
             return None
         probe = _calibration_input(self.params.model, self.side, device)
         with torch.inference_mode():
             reference = self._forward(probe, None)
-            for dtype in (torch.float16, torch.bfloat16):
-                if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
-                    continue
+            for dtype in candidates:
                 trial = self._forward(probe, dtype)
                 err = float((trial - reference).abs().max()) * AB_NORM
                 if math.isfinite(err) and err <= AUTOCAST_AB_TOLERANCE:
@@ -236,9 +246,7 @@ class Colorize(Stage):
     def _forward(self, model_in: torch.Tensor, amp_dtype: Any) -> torch.Tensor:
         import torch
 
-        x = model_in
-        if x.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = model_in.contiguous(memory_format=torch.channels_last)  # faster convs on CUDA and CPU
         if amp_dtype is None:
             return self.net(x).float()
         with torch.autocast(device_type=x.device.type, dtype=amp_dtype):
@@ -324,6 +332,19 @@ def _resize_square(image: torch.Tensor, side: int) -> torch.Tensor:
 
     x = image.unsqueeze(0).float()
     return F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16 on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def _calibration_input(model: str, side: int, device: torch.device) -> torch.Tensor:
