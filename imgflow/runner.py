@@ -241,6 +241,7 @@ class Runner:
             try:
                 self._process(store, run_id, fingerprint, incremental)
                 self._finalize_consumers(store, run_id)
+                self._export(store)
                 exit_code = EXIT_ITEMS_FAILED if self.counts["failed"] else EXIT_OK
                 status = "finished"
             except KeyboardInterrupt:
@@ -462,6 +463,19 @@ class Runner:
         message = f"{type(exc).__name__}: {exc}{place}"
         self._record_failure(ctx, pending.task, ItemError("stage_error", message),
                              {"decode_s": round(pending.decode_s, 4)})
+
+    def _export(self, store: StateStore) -> None:
+        """Run-level exports of every stage that has one, from all done records."""
+        from imgflow.encode import atomic_write
+        from imgflow.stage import Stage
+
+        for stage in self.stages:
+            if type(stage).export is Stage.export:
+                continue
+            for art in stage.export(store.iter_records("done")):
+                if art.data is None:
+                    raise ConfigError(f"stage '{stage.id}' export {art.relpath!r} has no data (a stage bug)")
+                atomic_write(self.pipeline.output_path, art.relpath, art.data)
 
     def _finalize_consumers(self, store: StateStore, run_id: str) -> None:
         from imgflow.encode import atomic_write, encode_image

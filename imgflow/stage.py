@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -127,6 +128,16 @@ class Stage:
 
     def finalize(self) -> list[Artifact]:
         """Consuming stages return the artefacts (checkpoints, metrics) to write at the end."""
+        return []
+
+    def export(self, records: Iterator[dict[str, Any]]) -> list[Artifact]:
+        """Run-level files built from every done item's manifest record (e.g. one COCO JSON).
+
+        Called at the end of every run, also when every item was skipped, with the records of
+        ALL items done so far in this output folder (streamed from the state store; each has
+        ``input``, ``outputs``, ``meta`` and ``results``). Must not need ``setup()``: it works on
+        the JSON results alone. Default: nothing.
+        """
         return []
 
     def teardown(self) -> None:

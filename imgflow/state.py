@@ -677,6 +677,25 @@ class StateStore:
 
     # -- reports -----------------------------------------------------------------------------
 
+    def iter_records(self, status: str | None = "done") -> Iterator[dict]:
+        """Manifest records (dicts), sorted by input, streamed from a snapshot (flat memory).
+
+        Run-level exports (a COCO JSON of every detection) are built from these, so they cover
+        every item done so far, not only the items of the latest run.
+        """
+        self.flush()
+        conn = self._snapshot_connection()
+        try:
+            if status is None:
+                cur = conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY relpath")
+            else:
+                cur = conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE status = ? ORDER BY relpath",
+                                   (status,))
+            for row in cur:
+                yield _row_record(row).to_manifest()
+        finally:
+            conn.close()
+
     def export_manifest(self, path: Path) -> int:
         """Write ``manifest.jsonl`` atomically: one line per item, sorted by input; line count.
 

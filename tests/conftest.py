@@ -90,10 +90,24 @@ class Collect(Stage):
         return [Artifact("collect/seen.json", data=json.dumps(sorted(self.seen)).encode())]
 
 
+class CountExport(Stage):
+    name = "count_export"
+    description = "writes a run-level JSON listing every done input and its tag (test stage)"
+
+    def process(self, batch: Batch) -> Batch:
+        for item in batch.items:
+            item.results[self.id] = {"h": int(item.image.shape[-2])}
+        return batch
+
+    def export(self, records):
+        listed = {r["input"]: r["results"][self.id]["h"] for r in records}
+        return [Artifact("exports/heights.json", data=json.dumps(listed, sort_keys=True).encode())]
+
+
 class TestPlugin:
     @hookimpl
     def register_stages(self, register):
-        for cls in (Invert, FailOn, Tag, Split, Collect):
+        for cls in (Invert, FailOn, Tag, Split, Collect, CountExport):
             register(cls)
 
 

@@ -230,3 +230,19 @@ def test_two_inputs_mapping_to_one_output_name_never_overwrite_each_other(tmp_pa
     code, text = invoke("run", fixed)
     assert code == 0, text
     assert sorted(p.name for p in (tmp_path / "out2").glob("*.jpg")) == ["scan0000.jpg.jpg", "scan0000.png.jpg"]
+
+
+def test_run_level_exports_cover_every_done_item_also_on_a_rerun(tmp_path, test_plugin):
+    images = tmp_path / "in"
+    write_images(images, 2, size=(20, 30))
+    pipe = write_pipeline(tmp_path / "p.toml", input=images, output=tmp_path / "out",
+                          stages=[{"use": "count_export"}])
+    assert invoke("run", pipe)[0] == 0
+    export = tmp_path / "out" / "exports" / "heights.json"
+    assert json.loads(export.read_text()) == {"img0000.jpg": 20, "img0001.jpg": 20}
+    write_images(images, 1, size=(20, 30), prefix="new")  # one new file, two unchanged
+    code, text = invoke("run", pipe)
+    assert "1 done" in text and "2 skipped" in text
+    assert sorted(json.loads(export.read_text())) == ["img0000.jpg", "img0001.jpg", "new0000.jpg"]
+    assert "0 done" in invoke("run", pipe)[1]
+    assert len(json.loads(export.read_text())) == 3  # an all-skipped rerun keeps the export whole
