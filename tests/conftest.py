@@ -9,6 +9,11 @@ stage that writes a summary artefact).
 from __future__ import annotations
 
 import json
+import os
+
+# As the CLI does: idle OpenMP threads otherwise spin on the cores other processes need (the
+# suite runs subprocesses and decode workers beside in-process torch). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Any
 
