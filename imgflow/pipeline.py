@@ -236,6 +236,11 @@ def _pydantic_problems(where: str, exc: ValidationError, fields: list[str]) -> l
                                     f"remove it; known keys: {known}"))
         elif kind == "missing":
             problems.append(Problem(f"{where} {key}", "required key is missing", f"add {key} = ..."))
+        elif kind in ("value_error", "assertion_error"):
+            # a stage's own validator wrote the whole message, usually with its fix
+            cause = (err.get("ctx") or {}).get("error")
+            message = str(cause) if cause is not None else err["msg"].removeprefix("Value error, ")
+            problems.append(Problem(f"{where} {key}" if err["loc"] else where, message))
         else:
             msg = err["msg"]
             expected = msg[len("Input should be "):] if msg.startswith("Input should be ") else msg

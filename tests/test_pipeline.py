@@ -166,3 +166,12 @@ def test_pipeline_seed_alias(folders, tmp_path, test_plugin):
     path = write_pipeline(tmp_path / "p.toml", input=inp, output=out, stages=[{"use": "invert"}])
     path.write_text(path.read_text().replace("[pipeline]\n", "[pipeline]\nseed = 7\n"))
     assert load_pipeline(path).run.seed == 7
+
+
+def test_a_stage_validator_message_is_shown_as_written(folders, tmp_path):
+    inp, out = folders
+    path = write_pipeline(tmp_path / "p.toml", input=inp, output=out,
+                          stages=[{"use": "colorize", "model": "eccv16", "hints": "h"}])
+    text = "\n".join(problems_of(path))
+    assert "'hints' needs model" in text
+    assert "Value error" not in text and "expected" not in text

@@ -1,0 +1,79 @@
+"""imgflow's detection plugin: the ``detect`` stage (torchvision's COCO detectors) and the
+``faces`` stage (scikit-image's bundled LBP frontal-face cascade, no download).
+
+Registered through the ``imgflow`` entry point ``detect``. This module stays light: stage modules
+are imported inside the hooks and torch, torchvision and scikit-image only in
+``setup``/``process``/``export``, so ``imgflow --help`` and ``imgflow validate`` pay for none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from imgflow import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imgflow import Stage
+
+LICENSE = "BSD-3-Clause (torchvision); trained on COCO 2017 (annotations CC BY 4.0)"
+
+# Detector -> (COCO_V1 weights URL, description). The URLs are copies of torchvision's weights enums
+# (e.g. FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url), written out because reading the enums would
+# import torchvision (3.5 s) at plugin load; tests/plugins/test_detect.py checks they still agree.
+# The sha256 prefix torch.hub checks is the part of the file name after the last '-'.
+MODELS: dict[str, tuple[str, str]] = {
+    "fasterrcnn_resnet50_fpn_v2": (
+        "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+        "Faster R-CNN ResNet-50 FPN v2, COCO box mAP 46.7, about 167 MB",
+    ),
+    "fasterrcnn_mobilenet_v3_large_fpn": (
+        "https://download.pytorch.org/models/fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+        "Faster R-CNN MobileNetV3-Large FPN, COCO box mAP 32.8, about 74 MB",
+    ),
+    "retinanet_resnet50_fpn_v2": (
+        "https://download.pytorch.org/models/retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
+        "RetinaNet ResNet-50 FPN v2, COCO box mAP 41.5, about 146 MB",
+    ),
+    "fcos_resnet50_fpn": (
+        "https://download.pytorch.org/models/fcos_resnet50_fpn_coco-99b0c9b7.pth",
+        "FCOS ResNet-50 FPN, COCO box mAP 39.2, about 124 MB",
+    ),
+    "ssd300_vgg16": (
+        "https://download.pytorch.org/models/ssd300_vgg16_coco-b556d3b4.pth",
+        "SSD300 VGG16, COCO box mAP 25.1, about 136 MB",
+    ),
+    "ssdlite320_mobilenet_v3_large": (
+        "https://download.pytorch.org/models/ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
+        "SSDlite320 MobileNetV3-Large, COCO box mAP 21.3, about 13 MB",
+    ),
+    "maskrcnn_resnet50_fpn_v2": (
+        "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+        "Mask R-CNN ResNet-50 FPN v2, COCO box mAP 47.4 / mask mAP 41.8, about 177 MB",
+    ),
+}
+
+
+def registry_name(model: str) -> str:
+    """The shared-registry name of a detector's COCO checkpoint, e.g. ``detect-ssd300_vgg16``."""
+    return f"detect-{model}"
+
+
+@hookimpl
+def register_stages(register: Callable[[type[Stage]], None]) -> None:
+    """Register the ``detect`` and ``faces`` stages."""
+    from imgflow_detect.detect import Detect  # lazy: keeps `imgflow --help` fast
+    from imgflow_detect.faces import Faces
+
+    register(Detect)
+    register(Faces)
+
+
+@hookimpl
+def register_models(register: Callable[..., Any]) -> None:
+    """Register the COCO checkpoints of every detector (exact sizes are not published)."""
+    from imgflow.models import ModelSpec
+
+    for model, (url, description) in MODELS.items():
+        register(ModelSpec(name=registry_name(model), url=url, size=None, license=LICENSE,
+                           stage="detect", description=description))

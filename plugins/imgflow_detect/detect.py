@@ -1,0 +1,351 @@
+"""The ``detect`` stage: torchvision's COCO object detectors over batches of images of any sizes.
+
+Per batch: the items' images (float (3, H, W) in [0, 1], sizes may differ) go as one list through
+the model, whose own transform normalises, resizes (e.g. shorter side 800 for the R-CNNs, 300 x 300
+for SSD300) and maps the boxes back to each image's original pixels. The model's internal score
+threshold, per-class NMS and detection cap are set from the stage's parameters, and
+:func:`select_detections` applies them again (plus the class and size filters) so the result does
+not depend on a model's defaults. The classifier is told that COCO's unused "N/A" ids are no
+classes (:func:`silence_unused_classes`), so they can never take the model's detection slots.
+Outputs (results, annotated image, crops, YOLO, COCO) come from
+:mod:`imgflow_detect.outputs`, shared with the ``faces`` stage.
+
+No torch or torchvision import at module import; both are imported in ``setup``/``process``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from imgflow import Params, Stage, StageContext, StageKind, derive_seed
+from imgflow_detect import MODELS, registry_name
+from imgflow_detect.categories import COCO, COCO_CATEGORY_NAMES, resolve_classes
+from imgflow_detect.outputs import (
+    Detection,
+    OutputParams,
+    apply_outputs,
+    coco_artifacts,
+    yolo_classes_artifact,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from imgflow.batch import Artifact, Batch
+
+DetectorName = Literal[
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "ssd300_vgg16",
+    "ssdlite320_mobilenet_v3_large",
+    "maskrcnn_resnet50_fpn_v2",
+]
+RANDOM = "random"
+MASK_THRESHOLD = 0.5  # Mask R-CNN's per-pixel probability -> binary mask, as torchvision's references do
+NUM_CLASSES = 91  # COCO ids 0..90 including background and the unused "N/A" ids
+# Logit given to the COCO ids that name no class ("N/A", and the background in sigmoid heads): every
+# probability it yields is exactly 0 in float32 (and float16), below any score threshold.
+MASKED_LOGIT = -1.0e4
+# How many detections the model itself keeps per image before our filters (torchvision's default is
+# 100). More than max_detections, so that boxes our filters drop (degenerate, too small, unwanted
+# classes) do not crowd out the ones they keep; more still with a class filter.
+CANDIDATES = 100
+CANDIDATES_WITH_CLASS_FILTER = 300
+_RCNN = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn", "maskrcnn_resnet50_fpn_v2")
+
+
+class DetectParams(OutputParams):
+    model: DetectorName = Field(
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        description="torchvision detector: fasterrcnn_resnet50_fpn_v2, fasterrcnn_mobilenet_v3_large_fpn, "
+        "retinanet_resnet50_fpn_v2, fcos_resnet50_fpn, ssd300_vgg16, ssdlite320_mobilenet_v3_large, or "
+        "maskrcnn_resnet50_fpn_v2 (adds instance masks).",
+    )
+    weights: str | None = Field(
+        None,
+        description="Checkpoint: unset = the official COCO weights (detect-<model>, downloaded once); a "
+        "registered model name, a path (relative to the pipeline file) or a URL of a state dict for "
+        "the same architecture with 91 classes; or \"random\" (untrained, for tests).",
+    )
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Keep detections scoring at least this.")
+    nms_iou: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Per-class non-maximum suppression: of two boxes of one class overlapping more than "
+        "this IoU, the lower-scoring one is dropped.",
+    )
+    classes: list[str | int] | None = Field(
+        None,
+        description="Only these COCO classes, by name (e.g. [\"person\", \"dog\"]) or id; unset = all 80.",
+    )
+    max_detections: int = Field(100, ge=1, le=1000, description="At most this many detections per image.")
+    min_size: float = Field(0.0, ge=0.0, description="Drop boxes narrower or shorter than this many pixels.")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _names_or_ids(cls, value: Any) -> Any:
+        """true/1.5 are neither a name nor an id: refuse them rather than coerce them."""
+        if isinstance(value, list):
+            for entry in value:
+                if isinstance(entry, bool) or not isinstance(entry, str | int):
+                    raise ValueError(f"'classes': {entry!r} is neither a class name nor an id (fix: write names "
+                                     "in quotes, e.g. [\"person\", \"dog\"], or integer ids)")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> DetectParams:
+        if self.weights is not None and not self.weights.strip():
+            raise ValueError("'weights' is empty (fix: give a registered name, a path or a URL, or remove "
+                             "the key to use the COCO weights)")
+        if self.classes is not None:
+            if not self.classes:
+                raise ValueError("'classes' is empty, so nothing would ever be detected (fix: name at least "
+                                 "one class, or remove the key for all)")
+            resolve_classes(self.classes)  # raises with a did-you-mean
+        return self
+
+
+def is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+class Detect(Stage):
+    name = "detect"
+    kind = StageKind.DETECT
+    description = "Detect COCO objects with a torchvision detector; boxes, crops, YOLO labels, COCO JSON."
+    reads = ("image",)
+    writes = ("image",)
+    Params: ClassVar[type[Params]] = DetectParams
+
+    def __init__(self, params: Params, context: StageContext) -> None:
+        super().__init__(params, context)
+        p: DetectParams = self.params  # type: ignore[assignment]
+        self.user_classes = resolve_classes(p.classes) if p.classes is not None else None
+        # "N/A" ids and the background are never reported, even by an untrained model
+        self.class_ids = self.user_classes or frozenset(cid for cid, _ in COCO.categories)
+        self.net: Any = None
+        self.weights_id = ""
+
+    # -- weights
+
+    def weights_source(self) -> str | Path:
+        """What to load: "random", a registry name, a URL, or an absolute local path."""
+        w = self.params.weights
+        if w is None:
+            return registry_name(self.params.model)
+        if w == RANDOM or is_url(w) or _is_registered(w):
+            return w
+        return self.context.resolve(w)
+
+    def random_seed(self) -> int:
+        """The seed of a random initialisation: the same pipeline gives the same untrained net."""
+        return derive_seed(self.context.seed, self.id, "random-init", self.params.model)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Which weights produce the boxes: registry name and hash prefix, the URL, the custom file's
+        path, size and mtime, or the random seed."""
+        source = self.weights_source()
+        if isinstance(source, Path):
+            try:
+                st = source.stat()
+            except OSError:
+                return {"weights": str(source), "missing": True}
+            return {"weights": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if source == RANDOM:
+            return {"weights": f"random@{self.random_seed()}"}
+        if is_url(source):
+            return {"weights": source}
+        return {"weights": f"{source}@{_registry_prefix(source)}"}
+
+    def setup(self, device: torch.device) -> None:
+        """Build the detector, load its weights strictly (or seed a random init), move it to ``device``."""
+        import torch
+
+        from imgflow import models
+
+        super().setup(device)
+        source = self.weights_source()
+        if source == RANDOM:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.random_seed())
+                net = self.build()
+        else:
+            net = self.build()
+            expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+            state = models.load_state_dict(source, expected=expected)
+            net.load_state_dict(state, strict=True)
+        silence_unused_classes(net)
+        self.net = net.eval().to(device)
+        self.weights_id = self.fingerprint()["weights"]
+
+    def build(self) -> torch.nn.Module:
+        """The torchvision architecture with 91 classes, no weights downloaded, post-processing
+        thresholds taken from the parameters."""
+        from torchvision.models import detection
+
+        p: DetectParams = self.params  # type: ignore[assignment]
+        builder = getattr(detection, p.model)
+        return builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                       **model_thresholds(p.model, p.score_threshold, p.nms_iou, self.candidates()))
+
+    def candidates(self) -> int:
+        """How many detections the model itself keeps per image, before our filters."""
+        pool = CANDIDATES_WITH_CLASS_FILTER if self.user_classes else CANDIDATES
+        return max(self.params.max_detections, pool)
+
+    def teardown(self) -> None:
+        self.net = None
+
+    # -- the batch
+
+    def process(self, batch: Batch) -> Batch:
+        """One forward pass over the batch's images (a list: sizes may differ)."""
+        import torch
+
+        if self.net is None:
+            raise RuntimeError("stage 'detect' used before setup() (engine bug)")
+        if not batch.items:
+            return batch
+        images = [item.image.to(self.torch_device, torch.float32) for item in batch.items]
+        outputs = self.net(images)
+        for item, output in zip(batch.items, outputs, strict=True):
+            detections = self.detections(output)
+            apply_outputs(item, self.id, self.params.model, detections, self.params, COCO)
+            item.results[self.id]["weights"] = self.weights_id
+        return batch
+
+    def detections(self, output: dict[str, torch.Tensor]) -> list[Detection]:
+        """The model's raw output for one image, filtered, as :class:`Detection` objects (CPU)."""
+        p: DetectParams = self.params  # type: ignore[assignment]
+        keep = select_detections(output["boxes"], output["scores"], output["labels"],
+                                 score_threshold=p.score_threshold, nms_iou=p.nms_iou,
+                                 classes=self.class_ids, max_detections=p.max_detections,
+                                 min_size=p.min_size)
+        boxes = output["boxes"][keep].float().cpu().tolist()
+        scores = output["scores"][keep].float().cpu().tolist()
+        labels = output["labels"][keep].cpu().tolist()
+        masks: list[Any] = [None] * len(boxes)
+        if "masks" in output:
+            masks = list((output["masks"][keep, 0] > MASK_THRESHOLD).cpu().numpy())
+        return [Detection(box=tuple(box), category_id=int(label), label=COCO_CATEGORY_NAMES[label],
+                          score=float(score), mask=mask)
+                for box, score, label, mask in zip(boxes, scores, labels, masks, strict=True)]
+
+    def export(self, records: Any) -> list[Artifact]:
+        """``coco.json`` (when ``coco``) and ``labels/classes.txt`` (when ``yolo``)."""
+        out = []
+        if self.params.coco:
+            out.extend(coco_artifacts(records, self.id, self.name, COCO))
+        if self.params.yolo:
+            out.append(yolo_classes_artifact(COCO))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def model_thresholds(model: str, score: float, nms: float, per_image: int) -> dict[str, Any]:
+    """Builder keyword arguments that set a detector's own post-processing (names differ by family)."""
+    if model in _RCNN:
+        return {"box_score_thresh": score, "box_nms_thresh": nms, "box_detections_per_img": per_image}
+    return {"score_thresh": score, "nms_thresh": nms, "detections_per_img": per_image}
+
+
+def silence_unused_classes(net: torch.nn.Module) -> int:
+    """Make the classifier unable to predict the COCO ids that name no class; return how many
+    output channels were changed.
+
+    A checkpoint trained on COCO never scores these ids, but a model keeps only its best
+    ``detections_per_img`` boxes BEFORE our class filter runs: an untrained or fine-tuned head
+    that favours an "N/A" id would fill every slot with boxes that are then dropped, leaving none.
+    Setting those logits' biases to a large negative value removes them at the source.
+    Softmax heads (R-CNN, SSD) keep index 0, which is their background; sigmoid heads (RetinaNet,
+    FCOS) have no background class, so 0 is silenced too.
+    """
+    import torch
+    from torchvision.models.detection.ssd import SSD
+
+    unused = [i for i, name in enumerate(COCO_CATEGORY_NAMES) if name == "N/A"]
+    roi_heads = getattr(net, "roi_heads", None)
+    if roi_heads is not None:
+        layers, softmax = [roi_heads.box_predictor.cls_score], True
+    else:
+        head = net.head.classification_head
+        modules = [head.cls_logits] if hasattr(head, "cls_logits") else list(head.module_list)
+        layers = [_last_conv(module) for module in modules]  # SSDlite: depthwise block, then 1x1 conv
+        softmax = isinstance(net, SSD)
+    ids = unused if softmax else [0, *unused]
+    changed = 0
+    with torch.no_grad():
+        for layer in layers:
+            anchors = layer.bias.numel() // NUM_CLASSES  # channel layout: anchor * classes + class
+            index = torch.tensor([a * NUM_CLASSES + i for a in range(anchors) for i in ids])
+            layer.bias[index] = MASKED_LOGIT
+            changed += index.numel()
+    return changed
+
+
+def _last_conv(module: torch.nn.Module) -> torch.nn.Module:
+    """The last Conv2d in a module (the module itself when it is one): a head's logit layer."""
+    import torch
+
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *,
+                      score_threshold: float = 0.5, nms_iou: float = 0.5,
+                      classes: Collection[int] | None = None, max_detections: int = 100,
+                      min_size: float = 0.0) -> torch.Tensor:
+    """Indices of the detections to keep, best score first.
+
+    Filters in this order: score >= ``score_threshold``; label in ``classes`` (None: any); both box
+    sides >= ``min_size`` and > 0 (a box of zero width or height marks nothing); per-class NMS at ``nms_iou`` (torchvision.ops.batched_nms: a box is
+    dropped when it overlaps a better box of its own class by IoU > ``nms_iou``); the best
+    ``max_detections``. Returned as indices so masks can be selected with the same tensor.
+    """
+    import torch
+    from torchvision.ops import batched_nms
+
+    keep = scores >= score_threshold
+    if classes is not None:
+        wanted = torch.tensor(sorted(classes), dtype=labels.dtype, device=labels.device)
+        keep &= torch.isin(labels, wanted)
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    keep &= (width > 0) & (height > 0) & (width >= min_size) & (height >= min_size)
+    index = torch.nonzero(keep).flatten()
+    if index.numel() == 0:
+        return index
+    order = batched_nms(boxes[index].float(), scores[index].float(), labels[index], nms_iou)
+    return index[order[:max_detections]]
+
+
+def _is_registered(name: str) -> bool:
+    """True when ``name`` is a model in the shared registry (not a file name)."""
+    from imgflow import ImgflowError, models
+
+    try:
+        return name in models.registry()
+    except ImgflowError:
+        return False
+
+
+def _registry_prefix(name: str) -> str:
+    """The sha256 prefix the registry holds for ``name``; our own table when the registry cannot
+    answer (plugin not enabled), so a fingerprint never fails a ``validate``."""
+    from imgflow import ImgflowError, models
+
+    try:
+        spec = models.get(name)
+    except ImgflowError:
+        for model, (url, _desc) in MODELS.items():
+            if registry_name(model) == name:
+                return url.rsplit("-", 1)[-1].split(".")[0]
+        return "unregistered"
+    return spec.sha256_prefix or (spec.sha256 or "")[:8]
