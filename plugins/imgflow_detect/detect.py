@@ -212,7 +212,13 @@ class Detect(Stage):
         if not batch.items:
             return batch
         images = [item.image.to(self.torch_device, torch.float32) for item in batch.items]
-        outputs = self.net(images)
+        if self.torch_device.type == "cpu":
+            # torchvision pads a batch to its largest height and width, and a CPU gains nothing
+            # from batching: measured 525 ms/img one at a time vs 948 ms/img in mixed batches of
+            # 8 (Faster R-CNN MobileNetV3, 640x480 and 480x640). A GPU keeps the whole batch.
+            outputs = [self.net([image])[0] for image in images]
+        else:
+            outputs = self.net(images)
         for item, output in zip(batch.items, outputs, strict=True):
             detections = self.detections(output)
             apply_outputs(item, self.id, self.params.model, detections, self.params, COCO)
