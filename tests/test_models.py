@@ -528,3 +528,29 @@ def test_importing_the_modules_does_not_import_torch():
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     env = {k: v for k, v in os.environ.items() if k != "IMGFLOW_LOAD_PLUGINS"}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+
+
+def test_weights_parameter_resolution_and_fingerprint_are_shared_rules(tmp_path):
+    from imgflow import models
+
+    resolve = lambda p: (tmp_path / p).resolve()  # noqa: E731
+    assert models.resolve_weights(None, "colorize-eccv16", resolve) == "colorize-eccv16"
+    assert models.resolve_weights("colorize-siggraph17", "x", resolve) == "colorize-siggraph17"
+    assert models.resolve_weights("random", "x", resolve, keywords=("random",)) == "random"
+    assert models.resolve_weights("https://h/x-0123abcd.pth", "x", resolve) == "https://h/x-0123abcd.pth"
+    assert models.resolve_weights("ckpt/model.pth", "x", resolve) == tmp_path / "ckpt" / "model.pth"
+
+    assert models.weights_fingerprint("colorize-siggraph17") == {"weights": "colorize-siggraph17@df00044c"}
+    assert models.weights_fingerprint("https://h/x.pth") == {"weights": "https://h/x.pth"}
+    missing = tmp_path / "nope.pth"
+    assert models.weights_fingerprint(missing) == {"weights": str(missing), "missing": True}
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"12345")
+    first = models.weights_fingerprint(ckpt)
+    assert first["size"] == 5
+    ckpt.write_bytes(b"123456")
+    assert models.weights_fingerprint(ckpt) != first  # a replaced checkpoint re-runs the items
+    # a plugin's own table answers when its models are not registered (plugin not loaded)
+    known = {"mine": "https://h/mine-89abcdef.pth"}
+    assert models.weights_fingerprint("mine", known) == {"weights": "mine@89abcdef"}
+    assert models.weights_fingerprint("other") == {"weights": "other@unregistered"}

@@ -126,26 +126,16 @@ class Colorize(Stage):
 
     def weights_source(self) -> str | Path:
         """What to load: the registry name, a URL, or an absolute local path."""
-        w = self.params.weights
-        if w is None:
-            return registry_name(self.params.model)
-        if is_url(w) or _is_registered(w):
-            return w
-        return self.context.resolve(w)
+        from imgflow import models
+
+        return models.resolve_weights(self.params.weights, registry_name(self.params.model), self.context.resolve)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Which weights produce the colours: the registry name and hash prefix, or the custom
-        file's path, size and mtime (so replacing a fine-tuned checkpoint re-runs the items)."""
-        source = self.weights_source()
-        if isinstance(source, Path):
-            try:
-                st = source.stat()
-            except OSError:
-                return {"weights": str(source), "missing": True}
-            return {"weights": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        if is_url(source):
-            return {"weights": source}
-        return {"weights": f"{source}@{_registry_prefix(source)}"}
+        """Which weights produce the colours (see imgflow.models.weights_fingerprint)."""
+        from imgflow import models
+        from imgflow_colorize import MODELS
+
+        return models.weights_fingerprint(self.weights_source(), {k: v[0] for k, v in MODELS.items()})
 
     def setup(self, device: torch.device) -> None:
         """Build the network, load the weights strictly, and pick the precision for ``device``."""
@@ -415,30 +405,6 @@ def _hint_ab(point: dict[str, Any], where: str, bad: Any) -> tuple[float, float]
 
     colour = lab.rgb2lab(torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1) / 255.0)
     return float(colour[1, 0, 0]), float(colour[2, 0, 0])
-
-
-def _is_registered(name: str) -> bool:
-    """True when ``name`` is a model in the shared registry (not a file name)."""
-    from imgflow import ImgflowError, models
-
-    try:
-        return name in models.registry()
-    except ImgflowError:
-        return False
-
-
-def _registry_prefix(name: str) -> str:
-    """The sha256 prefix the registry holds for ``name``; our own table when the registry cannot
-    answer (plugin not enabled), so a fingerprint never fails a ``validate``."""
-    from imgflow import ImgflowError, models
-
-    try:
-        spec = models.get(name)
-    except ImgflowError:
-        from imgflow_colorize import MODELS
-
-        return MODELS[name][1] if name in MODELS else "unregistered"
-    return spec.sha256_prefix or (spec.sha256 or "")[:8]
 
 
 def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:

@@ -107,26 +107,19 @@ class Segment(Stage):
 
     def weights_source(self) -> str | Path:
         """What to load: "random", a registry name, a URL, or an absolute local path."""
-        w = self.params.weights
-        if w is None:
-            return registry_name(self.params.model)
-        if w == RANDOM or is_url(w) or _is_registered(w):
-            return w
-        return self.context.resolve(w)
+        from imgflow import models
+
+        return models.resolve_weights(self.params.weights, registry_name(self.params.model),
+                                      self.context.resolve, keywords=(RANDOM,))
 
     def fingerprint(self) -> dict[str, Any]:
-        """Which weights produce the labels: the registry name and hash prefix, the URL, or a
-        custom file's path, size and mtime (replacing a fine-tuned checkpoint re-runs items)."""
+        """Which weights produce the labels (see imgflow.models.weights_fingerprint)."""
+        from imgflow import models
+
         source = self.weights_source()
-        if isinstance(source, Path):
-            try:
-                st = source.stat()
-            except OSError:
-                return {"weights": str(source), "missing": True}
-            return {"weights": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        if source == RANDOM or is_url(source):
+        if source == RANDOM:
             return {"weights": source}
-        return {"weights": f"{source}@{_registry_prefix(source)}"}
+        return models.weights_fingerprint(source, {registry_name(m): url for m, (url, _d) in MODELS.items()})
 
     def setup(self, device: torch.device) -> None:
         """Build the network, load the weights strictly (or initialise it randomly), eval mode."""
@@ -280,30 +273,3 @@ def blend_overlay(image: torch.Tensor, labels: torch.Tensor, alpha: float) -> to
     return torch.where((labels > 0).unsqueeze(0), blended, base).clamp(0, 1)
 
 
-def _is_registered(name: str) -> bool:
-    """True when ``name`` is a model in the shared registry (not a file name)."""
-    from imgflow import ImgflowError, models
-
-    try:
-        return name in models.registry()
-    except ImgflowError:
-        return False
-
-
-def _registry_prefix(name: str) -> str:
-    """The sha256 prefix the registry holds for ``name``; our own table when the registry cannot
-    answer (plugin not enabled), so a fingerprint never fails a ``validate``."""
-    from imgflow import ImgflowError, models
-
-    try:
-        spec = models.get(name)
-    except ImgflowError:
-        for model, (url, _) in MODELS.items():
-            if registry_name(model) == name:
-                return url.rsplit("-", 1)[-1].split(".", 1)[0]
-        return "unregistered"
-    return spec.sha256_prefix or (spec.sha256 or "")[:8]
-
-
-__all__ = ["VOC_CLASSES", "Segment", "SegmentParams", "blend_overlay", "mask_relpath", "network_size",
-           "upsample_argmax"]
