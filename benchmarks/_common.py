@@ -325,20 +325,18 @@ def _write_one(job: tuple[str, int, int, int, int]) -> None:
     photo_like(_canvas(width, height), seed).save(path, "JPEG", quality=quality)
 
 
-def ensure_images(folder: Path, count: int, width: int, height: int, quality: int = 90,
-                  per_dir: int = 500, progress: Callable[[str], None] | None = None) -> list[Path]:
-    """``count`` generated JPEGs under ``folder`` (``dNNN/imgNNNNNN.jpg``), reusing a cached set.
+def ensure_generated(folder: Path, stamp: dict, paths: list[Path], writer: Callable[[tuple], None],
+                     jobs: list[tuple], progress: Callable[[str], None] | None = None,
+                     label: str = "files") -> list[Path]:
+    """``paths`` made by ``writer(job)`` for each job, reused while ``folder``'s stamp matches.
 
     A stamp file records what was generated; a folder whose stamp differs (another count or
-    size, an older generator) is rebuilt from scratch so no stale file is measured. Files go in
-    sub-folders of ``per_dir``, as a real photo archive would be laid out.
+    size, an older generator) is rebuilt from scratch so no stale or partial set is measured.
+    Generation is a one-off, untimed cost, so it uses every core.
     """
-    stamp = {"version": GENERATOR_VERSION, "count": count, "width": width, "height": height,
-             "quality": quality, "per_dir": per_dir}
     stamp_path = folder / ".bench-stamp.json"  # hidden: imgflow does not read dot-files
-    paths = [folder / f"d{i // per_dir:03d}" / f"img{i:06d}.jpg" for i in range(count)]
     try:
-        if json.loads(stamp_path.read_text()) == stamp and all(p.exists() for p in paths[:: max(1, count // 50)]):
+        if json.loads(stamp_path.read_text()) == stamp and all(p.exists() for p in paths[:: max(1, len(paths) // 50)]):
             return paths
     except (OSError, ValueError):
         pass
@@ -347,15 +345,38 @@ def ensure_images(folder: Path, count: int, width: int, height: int, quality: in
     for sub in {p.parent for p in paths}:
         sub.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    jobs = [(str(p), i, width, height, quality) for i, p in enumerate(paths)]
-    # Generation is a one-off cost, cached by the stamp: use every core for it.
+    count = len(jobs)
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for done, _ in enumerate(pool.map(_write_one, jobs, chunksize=16), start=1):
+        for done, _ in enumerate(pool.map(writer, jobs, chunksize=8), start=1):
             if progress and done % max(1, count // 5) == 0:
-                progress(f"  generated {done}/{count} {width}x{height} JPEGs in {folder.name}/ "
+                progress(f"  generated {done}/{count} {label} in {folder.name}/ "
                          f"({time.perf_counter() - started:.0f}s)")
     stamp_path.write_text(json.dumps(stamp))
     return paths
+
+
+def ensure_images(folder: Path, count: int, width: int, height: int, quality: int = 90,
+                  per_dir: int = 500, progress: Callable[[str], None] | None = None) -> list[Path]:
+    """``count`` generated JPEGs under ``folder`` (``dNNN/imgNNNNNN.jpg``), reusing a cached set.
+
+    Files go in sub-folders of ``per_dir``, as a real photo archive would be laid out.
+    """
+    stamp = {"version": GENERATOR_VERSION, "count": count, "width": width, "height": height,
+             "quality": quality, "per_dir": per_dir}
+    paths = [folder / f"d{i // per_dir:03d}" / f"img{i:06d}.jpg" for i in range(count)]
+    jobs = [(str(p), i, width, height, quality) for i, p in enumerate(paths)]
+    return ensure_generated(folder, stamp, paths, _write_one, jobs, progress, f"{width}x{height} JPEGs")
+
+
+def ensure_checkpoint(path: Path, make_argv: Sequence[object], say: Callable[[str], None]) -> Path:
+    """A random-weights checkpoint made once by ``make_argv`` (a child process, so the calling
+    benchmark never imports torch) and then reused; both sides of a comparison load this file."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        run_measured([str(a) for a in make_argv])
+        say(f"  wrote random weights to {path} ({time.perf_counter() - started:.0f}s)")
+    return path
 
 
 def warm_page_cache(paths: Iterable[Path]) -> int:

@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +52,8 @@ from _common import (  # noqa: E402
     BenchmarkError,
     Row,
     _canvas,
+    ensure_checkpoint,
+    ensure_generated,
     machine_facts,
     median,
     photo_like,
@@ -103,45 +103,18 @@ def _write_gray(job: tuple[str, int]) -> None:
 
 
 def ensure_gray_images(folder: Path, count: int, say: Callable[[str], None]) -> list[Path]:
-    """``count`` grayscale 1024x768 JPEGs under ``folder/d000/``, cached behind a stamp file.
-
-    A folder whose stamp differs (another count, an older generator) is rebuilt from scratch, so
-    a stale or partial set is never measured.
-    """
+    """``count`` grayscale 1024x768 JPEGs under ``folder/d000/``, cached behind a stamp file."""
     stamp = {"version": GENERATOR_VERSION, "count": count, "width": WIDTH, "height": HEIGHT,
              "quality": QUALITY, "mode": "L"}
-    stamp_path = folder / ".bench-stamp.json"  # hidden: neither side reads dot-files
     paths = [folder / "d000" / f"img{i:06d}.jpg" for i in range(count)]
-    try:
-        if json.loads(stamp_path.read_text()) == stamp and all(p.exists() for p in paths):
-            return paths
-    except (OSError, ValueError):
-        pass
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / "d000").mkdir(parents=True)
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # a one-off, untimed cost
-        list(pool.map(_write_gray, [(str(p), i) for i, p in enumerate(paths)], chunksize=8))
-    stamp_path.write_text(json.dumps(stamp))
-    say(f"  generated {count} grayscale {WIDTH}x{HEIGHT} JPEGs in {folder} "
-        f"({time.perf_counter() - started:.0f}s)")
-    return paths
+    jobs = [(str(p), i) for i, p in enumerate(paths)]
+    return ensure_generated(folder, stamp, paths, _write_gray, jobs, say, f"grayscale {WIDTH}x{HEIGHT} JPEGs")
 
 
 def ensure_weights(folder: Path, model: str, say: Callable[[str], None]) -> Path:
-    """A random-weights checkpoint for ``model``, made once by a subprocess and then reused.
-
-    Both sides load this one file, so "same weights" holds by construction. Made in a child
-    because this process must not import torch.
-    """
+    """The random-weights checkpoint for ``model`` (see _common.ensure_checkpoint)."""
     path = folder / f"colorize-{model}-random-seed{WEIGHTS_SEED}-v{WEIGHTS_VERSION}.pth"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        run_measured([sys.executable, THIS, "make-weights", model, path])
-        say(f"  wrote random {model} weights to {path} ({time.perf_counter() - started:.0f}s)")
-    return path
+    return ensure_checkpoint(path, [sys.executable, THIS, "make-weights", model, path], say)
 
 
 def write_colorize_pipeline(path: Path, *, model: str, weights: Path, source: Path, output: Path,

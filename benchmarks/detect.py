@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,8 @@ from _common import (  # noqa: E402
     BenchmarkError,
     Row,
     _canvas,
+    ensure_checkpoint,
+    ensure_generated,
     machine_facts,
     median,
     photo_like,
@@ -106,44 +106,20 @@ def _write_mixed(job: tuple[str, int]) -> None:
 def ensure_mixed_images(folder: Path, count: int, say: Callable[[str], None]) -> list[Path]:
     """``count`` RGB JPEGs of alternating sizes under ``folder/d000/``, cached behind a stamp file.
 
-    The same generator as the other benchmarks, so the JPEG content is equally realistic; two
-    orientations so imgflow's batches hold images of different sizes, as a real photo folder
-    does. A folder whose stamp differs is rebuilt from scratch, so a stale set is never measured.
+    The same generator as the other benchmarks; two orientations so imgflow's batches hold
+    images of different sizes, as a real photo folder does.
     """
     stamp = {"version": GENERATOR_VERSION, "count": count, "sizes": [list(s) for s in SIZES],
              "quality": QUALITY, "mode": "RGB"}
-    stamp_path = folder / ".bench-stamp.json"  # hidden: neither side reads dot-files
     paths = [folder / "d000" / f"img{i:06d}.jpg" for i in range(count)]
-    try:
-        if json.loads(stamp_path.read_text()) == stamp and all(p.exists() for p in paths):
-            return paths
-    except (OSError, ValueError):
-        pass
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / "d000").mkdir(parents=True)
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # a one-off, untimed cost
-        list(pool.map(_write_mixed, [(str(p), i) for i, p in enumerate(paths)], chunksize=8))
-    stamp_path.write_text(json.dumps(stamp))
-    say(f"  generated {count} JPEGs ({' and '.join(f'{w}x{h}' for w, h in SIZES)} alternating) in "
-        f"{folder} ({time.perf_counter() - started:.0f}s)")
-    return paths
+    jobs = [(str(p), i) for i, p in enumerate(paths)]
+    return ensure_generated(folder, stamp, paths, _write_mixed, jobs, say, "JPEGs of mixed sizes")
 
 
 def ensure_weights(folder: Path, model: str, say: Callable[[str], None]) -> Path:
-    """A random-weights state dict for ``model``, made once by a subprocess and then reused.
-
-    Both sides load this one file, so "same weights" holds by construction. Made in a child
-    because this process must not import torch.
-    """
+    """The random-weights checkpoint for ``model`` (see _common.ensure_checkpoint)."""
     path = folder / f"detect-{model}-random-seed{WEIGHTS_SEED}-v{WEIGHTS_VERSION}.pth"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        run_measured([sys.executable, THIS, "make-weights", model, path])
-        say(f"  wrote random {model} weights to {path} ({time.perf_counter() - started:.0f}s)")
-    return path
+    return ensure_checkpoint(path, [sys.executable, THIS, "make-weights", model, path], say)
 
 
 def write_detect_pipeline(path: Path, *, model: str, weights: Path, source: Path, output: Path,

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from imgflow.errors import EXIT_CONFIG, ImgflowError
+from imgflow.errors import ImgflowError
 
 EXIT_INTERNAL = 70
 

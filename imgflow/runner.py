@@ -31,7 +31,6 @@ from imgflow.errors import EXIT_ITEMS_FAILED, EXIT_OK, ConfigError, DeviceError,
 from imgflow.pipeline import Pipeline
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import torch
 
     from imgflow.batch import Batch, Item

@@ -101,10 +101,6 @@ def registry_name(model: str) -> str:
     return f"colorize-{model}"
 
 
-def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
-
-
 class Colorize(Stage):
     name = "colorize"
     kind = StageKind.COLORIZE
@@ -163,7 +159,9 @@ class Colorize(Stage):
 
     def _describe_weights(self) -> str:
         source = self.weights_source()
-        return str(source) if isinstance(source, Path) or is_url(source) else f"registry model '{source}'"
+        from imgflow import models
+
+        return str(source) if isinstance(source, Path) or models.is_url(source) else f"registry model '{source}'"
 
     def _choose_precision(self, device: torch.device) -> Any:
         """A reduced precision when a calibration forward stays within tolerance of float32.

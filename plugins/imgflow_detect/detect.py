@@ -110,10 +110,6 @@ class DetectParams(OutputParams):
         return self
 
 
-def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
-
-
 class Detect(Stage):
     name = "detect"
     kind = StageKind.DETECT

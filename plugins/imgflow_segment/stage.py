@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 
 from imgflow import Artifact, Params, Stage, StageContext, StageKind
 from imgflow_segment import MODELS, registry_name
-from imgflow_segment.voc import NUM_CLASSES, VOC_CLASSES, class_fractions, encode_mask_png, voc_colormap
+from imgflow_segment.voc import NUM_CLASSES, class_fractions, encode_mask_png, voc_colormap
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -69,10 +69,6 @@ class SegmentParams(Params):
         if value is not None and not value.strip():
             raise ValueError("'weights' is empty (fix: give a registered name, a path or a URL, or remove the key)")
         return value
-
-
-def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
 
 
 def network_size(height: int, width: int, short: int) -> tuple[int, int]:
