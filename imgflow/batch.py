@@ -123,6 +123,7 @@ class Batch:
 
     items: list[Item]
     device: Any = "cpu"  # a torch.device once the runner has placed the batch
+    split: str = "train"  # in training runs: "train" or "val" (batches never mix the two)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -148,4 +149,4 @@ class Batch:
         return torch.stack(self.images)
 
     def with_items(self, items: list[Item]) -> Batch:
-        return Batch(items=items, device=self.device)
+        return Batch(items=items, device=self.device, split=self.split)

@@ -46,7 +46,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
@@ -334,6 +334,46 @@ class DecodePool:
         self._streaming = True
         return self._stream(iter(tasks))
 
+    def imap(self, tasks: Iterable[tuple[K, str | Path]]) -> Iterator[tuple[K, Decoded | ItemError, float]]:
+        """Like :meth:`imap_unordered`, but outcomes come back in the order of ``tasks``.
+
+        Trainers need it: batch composition must not depend on which file decoded first, or a
+        resumed run would not match an uninterrupted one. At most ``2 x workers x prefetch``
+        outcomes wait for a slow one ahead of them, so memory stays bounded even when one file
+        takes until the decode timeout.
+        """
+        window = 2 * self.workers * self.prefetch
+        taken = 0
+        wanted = 0
+
+        def numbered() -> Iterator[tuple[tuple[int, K], str | Path]]:
+            nonlocal taken
+            for key, path in tasks:
+                yield (taken, key), path
+                taken += 1
+
+        if self._closed:
+            raise RuntimeError("this DecodePool is closed")
+        if self._streaming:
+            raise RuntimeError("a DecodePool runs one imap_unordered stream at a time")
+        self._streaming = True
+        stream = self._stream(numbered(), may_take=lambda: taken - wanted < window)
+
+        def in_order() -> Iterator[tuple[K, Decoded | ItemError, float]]:
+            nonlocal wanted
+            ready: dict[int, tuple[K, Decoded | ItemError, float]] = {}
+            try:
+                for (seq, key), outcome, seconds in stream:
+                    ready[seq] = (key, outcome, seconds)
+                    while wanted in ready:
+                        out = ready.pop(wanted)
+                        wanted += 1
+                        yield out
+            finally:
+                stream.close()
+
+        return in_order()
+
     def close(self) -> None:
         """Stop every worker (gracefully, then by force) and remove any leftover pixel blocks."""
         if self._closed:
@@ -357,8 +397,12 @@ class DecodePool:
 
     # ----------------------------------------------------------------- the stream
 
-    def _stream(self, tasks: Iterator[tuple[K, str | Path]]) -> Iterator[Outcome]:
-        """The generator behind imap_unordered: fill, dispatch, collect, yield, until done."""
+    def _stream(self, tasks: Iterator[tuple[K, str | Path]],
+                may_take: Callable[[], bool] = lambda: True) -> Iterator[Outcome]:
+        """The generator behind imap_unordered: fill, dispatch, collect, yield, until done.
+
+        ``may_take`` lets :meth:`imap` hold back new tasks while outcomes wait to be reordered.
+        """
         pending: deque[_Task] = deque()  # taken from ``tasks`` (or re-queued), not yet sent
         outstanding = 0  # taken from ``tasks`` and not yet yielded
         exhausted = False
@@ -368,7 +412,8 @@ class DecodePool:
                 if self._closed:
                     raise RuntimeError("the DecodePool was closed while a stream was running")
                 # Take a task only when one can be handed out at once: nothing waits here.
-                while not exhausted and not pending and outstanding < self.workers * self.prefetch:
+                while (not exhausted and not pending and outstanding < self.workers * self.prefetch
+                       and may_take()):
                     nxt = next(tasks, _END)
                     if nxt is _END:
                         exhausted = True

@@ -79,6 +79,8 @@ class RunSection(_Section):
     prefetch_mb: float = Field(256, gt=0, description="Decoded pixels held ahead of the stages (MiB).")
     decode_downscale: bool = Field(
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
+    checkpoint_every: int = Field(
+        200, ge=0, description="Training runs: checkpoint every this many steps, besides every epoch end (0: epoch ends only).")
 
 
 SECTION_MODELS: dict[str, type[_Section]] = {
@@ -159,7 +161,7 @@ class Pipeline:
         for spec in self.stages:
             assert spec.cls is not None
             ctx = StageContext(stage_id=spec.id, seed=self.run.seed, pipeline_dir=self.directory,
-                               output_root=self.output_path)
+                               output_root=self.output_path, input_root=self.input_path)
             built.append(spec.cls(spec.params, ctx))
         return built
 

@@ -225,7 +225,7 @@ class Runner:
         started = time.monotonic()
         self.stages = self.pipeline.build_stages()
         fingerprint = self.pipeline.fingerprint(self.stages)
-        incremental = not any(s.consumes for s in self.stages)
+        training = bool(self.stages) and self.stages[-1].consumes
         with StateStore(out) as store:
             self._store = store
             run_id = store.begin_run(pipeline=self.pipeline.name, pipeline_path=str(self.pipeline.source),
@@ -238,8 +238,12 @@ class Runner:
             self._warn_all(call_lifecycle("pipeline_start", run=run_doc))
             status, exit_code = "error", 2
             try:
-                self._process(store, run_id, fingerprint, incremental)
-                self._finalize_consumers(store, run_id)
+                if training:
+                    from imgflow.training import TrainingRun
+
+                    TrainingRun(self, store, run_id, fingerprint).run()
+                else:
+                    self._process(store, run_id, fingerprint)
                 self._export(store)
                 exit_code = EXIT_ITEMS_FAILED if self.counts["failed"] else EXIT_OK
                 status = "finished"
@@ -287,8 +291,8 @@ class Runner:
             if task is not None:
                 yield task, sf.path
 
-    def _process(self, store: StateStore, run_id: str, fingerprint: str, incremental: bool) -> None:
-        selector = Selector(store, fingerprint, self.options, incremental)
+    def _process(self, store: StateStore, run_id: str, fingerprint: str) -> None:
+        selector = Selector(store, fingerprint, self.options, incremental=True)
         tasks = self._tasks(selector)
         first = next(tasks, None)
         if first is None:  # nothing new: no torch, no workers, no weights
@@ -418,16 +422,27 @@ class Runner:
                 stage.teardown()
 
     def _apply_stages(self, batch: Batch) -> Batch:
+        """Every stage under inference mode; with a stage that optimises, under no_grad instead.
+
+        Inference tensors cannot join an autograd graph, so when one stage ``needs_grad`` the
+        others run under ``no_grad`` (plain tensors) and that stage with autograd on.
+        """
         import torch
 
-        with torch.inference_mode():
-            for stage in self.stages:
-                batch = _place(batch, torch.device("cpu") if stage.device == "cpu" else self.device)
-                if stage.consumes:
-                    stage.consume(batch)
-                else:
-                    batch = stage.process(batch)
+        if not any(stage.needs_grad for stage in self.stages):
+            with torch.inference_mode():
+                for stage in self.stages:
+                    batch = stage.process(_place(batch, self._device_of(stage)))
+            return batch
+        for stage in self.stages:
+            with torch.enable_grad() if stage.needs_grad else torch.no_grad():
+                batch = stage.process(_place(batch, self._device_of(stage)))
         return batch
+
+    def _device_of(self, stage: Stage) -> torch.device:
+        import torch
+
+        return torch.device("cpu") if stage.device == "cpu" else self.device
 
     def _run_batch(self, pending: list[Pending], ctx: _RunContext) -> None:
         """Run the stages on a batch; if it raises, retry item by item to find the culprit."""
@@ -475,17 +490,6 @@ class Runner:
                 if art.data is None:
                     raise ConfigError(f"stage '{stage.id}' export {art.relpath!r} has no data (a stage bug)")
                 atomic_write(self.pipeline.output_path, art.relpath, art.data)
-
-    def _finalize_consumers(self, store: StateStore, run_id: str) -> None:
-        from imgflow.encode import atomic_write, encode_image
-
-        for stage in self.stages:
-            if not stage.consumes:
-                continue
-            for art in stage.finalize():
-                data = art.data if art.data is not None else encode_image(
-                    art.image, None, art.format or "png", self.pipeline.output.quality, 8)
-                atomic_write(self.pipeline.output_path, art.relpath, data)
 
     # -- writing and recording
 

@@ -66,13 +66,15 @@ class StageContext:
     """What a stage may know about the run it is part of, given at construction.
 
     ``pipeline_dir`` resolves parameters that are paths (relative to the pipeline file);
-    ``output_root`` is where consuming stages write their artefacts.
+    ``output_root`` is where consuming stages write their artefacts; ``input_root`` is the
+    input folder (trainers read class names from its layout).
     """
 
     stage_id: str
     seed: int = 0
     pipeline_dir: Path = field(default_factory=Path.cwd)
     output_root: Path | None = None
+    input_root: Path | None = None
 
     def resolve(self, path: str | Path) -> Path:
         """A path parameter made absolute against the pipeline file's folder."""
@@ -90,8 +92,13 @@ class Stage:
       reads/writes batch keys (``image``, ``alpha``, or a results key) the stage uses/produces
       device       "any" (runs on the pipeline's device) or "cpu" (always on the CPU)
       batch_size   preferred batch size, or None to follow ``[run] batch_size``
-      consumes     True for trainers: they take the whole stream and ``finalize()`` at the end
+      consumes     True for trainers: they take the whole stream, epoch after epoch, and
+                   ``finalize()`` at the end (the training protocol below)
       fans_out     True when one input may become several items (augment copies)
+      train_only   True for random augmenters: applied to training batches, never to
+                   validation batches of a training run (augmentation is for training only)
+      needs_grad   True when ``process()`` itself optimises (style by optimisation): the runner
+                   then runs it with autograd on instead of under ``torch.inference_mode()``
       Params       the parameter model (a :class:`Params` subclass)
     """
 
@@ -104,6 +111,8 @@ class Stage:
     batch_size: ClassVar[int | None] = None
     consumes: ClassVar[bool] = False
     fans_out: ClassVar[bool] = False
+    train_only: ClassVar[bool] = False
+    needs_grad: ClassVar[bool] = False
     Params: ClassVar[type[Params]] = Params
 
     def __init__(self, params: Params, context: StageContext) -> None:
@@ -122,9 +131,55 @@ class Stage:
         """Transform a batch and return it. Keys this stage does not write pass through."""
         raise NotImplementedError(f"stage {self.name!r} does not implement process()")
 
-    def consume(self, batch: Batch) -> None:
-        """Consuming stages (``consumes = True``) receive every batch here instead."""
+    # -- the training protocol (consuming stages, ``consumes = True``) ------------------------
+    #
+    # The runner (imgflow.training) owns the loop, so every trainer resumes the same way:
+    #   resume: if ``<output>/checkpoints/<stage id>.pt`` exists for this configuration, the
+    #           runner calls ``load_state_dict`` with what ``state_dict`` returned, restores the
+    #           torch RNG states and skips what that checkpoint had already consumed;
+    #   for epoch in range(first, epochs()):
+    #       start_epoch(epoch)
+    #       consume(batch) for every training batch (shuffled from seed and epoch; items carry
+    #                      ``item.epoch`` so upstream augmenters draw fresh, reproducible values),
+    #                      then for every validation batch (``batch.split == "val"``, in name order,
+    #                      ``train_only`` stages not applied)
+    #       end_epoch(epoch) -> epoch metrics; then a checkpoint is written
+    #   finalize() -> final artefacts (e.g. model.pt)
+    # Training batches never mix with validation batches. ``consume`` runs with autograd on.
+
+    def epochs(self) -> int:
+        """How many passes over the input this trainer wants (the runner re-reads the source)."""
+        return 1
+
+    def split_of(self, relpath: str) -> str | None:
+        """``"train"``, ``"val"``, or None to leave the file out; asked once per input file."""
+        return "train"
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before the first batch of each epoch (epochs count from 0)."""
+
+    def consume(self, batch: Batch) -> dict[str, float] | None:
+        """Consuming stages receive every batch here instead of ``process``.
+
+        For a training batch return that step's metrics (e.g. ``{"loss": 0.7}``): the runner logs
+        them as a step record in the manifest and ``steps.csv``. Validation batches return None.
+        """
         raise NotImplementedError(f"stage {self.name!r} does not consume batches")
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """Epoch metrics (loss, train_acc, val_acc, ...); the runner adds images/s and seconds."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (model, optimiser, scheduler, counters).
+
+        Saved with ``torch.save`` and read back with ``weights_only=True``: tensors, numbers,
+        strings, and lists/dicts of those only (optimizer/scheduler ``state_dict()`` qualify).
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; called after ``setup()``."""
 
     def finalize(self) -> list[Artifact]:
         """Consuming stages return the artefacts (checkpoints, metrics) to write at the end."""

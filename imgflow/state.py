@@ -46,7 +46,7 @@ from imgflow.errors import ConfigError, ImgflowError
 
 STATE_DIR = ".imgflow"
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 FLUSH_EVERY_RECORDS = 256
 FLUSH_EVERY_SECONDS = 0.5
@@ -120,6 +120,18 @@ class ItemRecord:
 
 # --------------------------------------------------------------------------------------------
 # small helpers
+
+
+@dataclass
+class MetricRow:
+    """One epoch's or one training step's metrics for a consuming stage."""
+
+    stage: str
+    kind: str  # "epoch" or "step"
+    epoch: int
+    step: int  # global training step (epoch rows: the step count at the epoch's end)
+    run_id: str
+    data: dict[str, Any]
 
 
 def _now_iso() -> str:
@@ -277,7 +289,27 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     )
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1}
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Training metrics: one row per (stage, epoch) and per training step.
+
+    Keyed so that a resumed run rewriting the steps after its checkpoint replaces, never
+    duplicates, what the killed run had logged.
+    """
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS metrics (
+            stage   TEXT NOT NULL,
+            kind    TEXT NOT NULL CHECK (kind IN ('epoch', 'step')),
+            epoch   INTEGER NOT NULL,
+            step    INTEGER NOT NULL,
+            run_id  TEXT NOT NULL,
+            data    TEXT NOT NULL,
+            PRIMARY KEY (stage, kind, epoch, step)
+        )"""
+    )
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
 
 _ITEM_COLUMNS = (
     "relpath, size, mtime_ns, content_hash, fingerprint, status, outputs, error_code, "
@@ -721,9 +753,53 @@ class StateStore:
                     lines += 1
             finally:
                 conn.close()
+            for record in self.iter_metrics():  # training runs: epoch and step records follow
+                fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_json_default))
+                fh.write("\n")
+                lines += 1
 
         _atomic_write(Path(path), write)
         return lines
+
+    # -- training metrics
+
+    def record_metrics(self, rows: list[MetricRow]) -> None:
+        """Store epoch or step metrics in one transaction (replacing rows with the same key)."""
+        if not rows:
+            return
+        self._write(lambda conn: conn.executemany(
+            "INSERT OR REPLACE INTO metrics (stage, kind, epoch, step, run_id, data) VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.stage, r.kind, r.epoch, r.step, r.run_id, _dumps(r.data)) for r in rows]))
+
+    def forget_metrics(self, stage: str, *, after_step: int = -1, from_epoch: int = 0) -> None:
+        """Drop a stage's step rows after ``after_step`` and epoch rows from ``from_epoch`` on.
+
+        A resumed run redoes everything after its checkpoint; a fresh start (the defaults)
+        forgets the stage's history entirely.
+        """
+        self._write(lambda conn: (
+            conn.execute("DELETE FROM metrics WHERE stage = ? AND kind = 'step' AND step > ?", (stage, after_step)),
+            conn.execute("DELETE FROM metrics WHERE stage = ? AND kind = 'epoch' AND epoch >= ?", (stage, from_epoch))))
+
+    def iter_metrics(self, stage: str | None = None, kind: str | None = None) -> Iterator[dict]:
+        """Metric records as manifest lines: ``{"record": kind, "stage", "epoch", "step", ...}``."""
+        self.flush()
+        clauses, args = [], []
+        for column, value in (("stage", stage), ("kind", kind)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        conn = self._snapshot_connection()
+        try:
+            cur = conn.execute(f"SELECT stage, kind, epoch, step, run_id, data FROM metrics {where} "
+                               "ORDER BY stage, kind, epoch, step", args)
+            for stage_id, kind_, epoch, step, run_id, data in cur:
+                yield {"record": kind_, "stage": stage_id, "epoch": epoch,
+                       **({"step": step} if kind_ == "step" else {}), "run_id": run_id,
+                       **_loads(data, {})}
+        finally:
+            conn.close()
 
     def run_summary(self, run_id: str) -> dict:
         """The run row, its counts and its failures (capped at 1000 listed, total given)."""

@@ -109,10 +109,27 @@ class CountExport(Stage):
         return [Artifact("exports/heights.json", data=json.dumps(listed, sort_keys=True).encode())]
 
 
+class GradHalf(Stage):
+    name = "grad_half"
+    description = "replaces the image by d(sum(x^2)/4)/dx = x/2, computed by autograd (test stage)"
+    needs_grad = True
+
+    def process(self, batch: Batch) -> Batch:
+        import torch
+
+        for item in batch.items:
+            x = item.image.clone().requires_grad_(True)
+            (x.square().sum() / 4).backward()
+            item.image = x.grad.detach()
+            item.results[self.id] = {"grad_enabled": torch.is_grad_enabled(),
+                                     "inference_mode": torch.is_inference_mode_enabled()}
+        return batch
+
+
 class TestPlugin:
     @hookimpl
     def register_stages(self, register):
-        for cls in (Invert, FailOn, Tag, Split, Collect, CountExport):
+        for cls in (Invert, FailOn, Tag, Split, Collect, CountExport, GradHalf):
             register(cls)
 
 

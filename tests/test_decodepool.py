@@ -211,6 +211,36 @@ def test_tasks_are_consumed_lazily_and_in_flight_is_bounded(good_files):
     assert max_ahead == workers * prefetch  # bounded, and the bound is actually used
 
 
+def test_imap_yields_in_task_order_with_a_bounded_wait_behind_a_slow_file(good_files, monkeypatch):
+    """Trainers need input order: outcomes in task order, crashes included, memory bounded."""
+    monkeypatch.setenv(ENV_TEST_CRASH_ON, "hang:img01,segv:img05")
+    names = sorted(p.name for p in good_files.iterdir()) * 3
+    taken = 0
+
+    def tasks():
+        nonlocal taken
+        for index, name in enumerate(names):
+            taken += 1
+            yield (index, name), good_files / name
+
+    workers, prefetch = 2, 2
+    order, max_ahead = [], 0
+    with DecodePool(workers=workers, limits=HOSTILE_LIMITS, prefetch=prefetch, timeout_s=1.0) as pool:
+        for (index, name), outcome, _ in pool.imap(tasks()):
+            max_ahead = max(max_ahead, taken - len(order))
+            order.append(index)
+            if name in ("img01.png", "img05.png"):
+                assert isinstance(outcome, ItemError)
+            else:
+                assert isinstance(outcome, Decoded) and outcome.pixels.shape[1] == 16 + int(name[3:5])
+        assert leftovers(pool) == []
+        # the pool is reusable: a second ordered stream after the first
+        again = [key for key, _, _ in pool.imap((i, good_files / n) for i, n in enumerate(names[:4]))]
+    assert order == list(range(len(names)))
+    assert again == [0, 1, 2, 3]
+    assert max_ahead <= 2 * workers * prefetch + 1, "waiting on a slow file must not read ahead without bound"
+
+
 def test_breaking_early_stops_busy_workers_and_leaves_nothing_behind(good_files, monkeypatch):
     monkeypatch.setenv(ENV_TEST_CRASH_ON, "hang:img11")  # would hang forever
     taken = 0

@@ -119,8 +119,24 @@ def test_consuming_stage_receives_every_item_and_writes_its_artefact(tmp_path, t
     assert invoke("run", pipe)[0] == 0
     seen = json.loads((tmp_path / "out" / "collect" / "seen.json").read_text())
     assert seen == ["img0000.jpg", "img0001.jpg", "img0002.jpg"]
-    # a trainer needs the whole stream every time: no incremental skipping
-    assert "3 done" in invoke("run", pipe)[1]
+    # a finished training is not redone; --force trains again over the whole stream
+    code, output = invoke("run", pipe)
+    assert code == 0 and "already finished" in output
+    assert "3 done" in invoke("run", pipe, "--force")[1]
+
+
+def test_a_stage_that_needs_grad_gets_autograd_and_its_neighbours_still_run(tmp_path, test_plugin):
+    images = tmp_path / "in"
+    write_images(images, 2, fmt="PNG")
+    pipe = write_pipeline(tmp_path / "p.toml", input=images, output=tmp_path / "out", out={"format": "png"},
+                          stages=[{"use": "invert", "id": "inv1"}, {"use": "grad_half", "id": "half"},
+                                  {"use": "invert", "id": "inv2"}])
+    assert invoke("run", pipe)[0] == 0
+    rec = manifest(tmp_path / "out")["img0000.png"]
+    assert rec["results"]["half"] == {"grad_enabled": True, "inference_mode": False}
+    source = np.asarray(Image.open(images / "img0000.png"), dtype=np.float64)
+    got = np.asarray(Image.open(tmp_path / "out" / "img0000.png"), dtype=np.float64)
+    assert np.abs(got - (255 - (255 - source) / 2)).max() <= 1.0
 
 
 def test_output_inside_input_is_never_reingested(tmp_path, test_plugin):

@@ -145,6 +145,7 @@ class FlipParams(Params):
 
 class FlipHorizontal(Augmenter):
     name = "flip_horizontal"
+    train_only = True  # random: in training runs, never applied to validation batches
     description = "Mirror images left-right with probability p."
     reads = ("image", "alpha")
     writes = ("image", "alpha")
@@ -205,6 +206,7 @@ class RandomResizedCropParams(Params):
 
 class RandomResizedCrop(Augmenter):
     name = "random_resized_crop"
+    train_only = True  # random: in training runs, never applied to validation batches
     description = "Crop a random area/aspect-ratio box and resize it to a fixed size (torchvision semantics)."
     reads = ("image", "alpha")
     writes = ("image", "alpha")
@@ -297,6 +299,7 @@ class ColorJitterParams(Params):
 
 class ColorJitter(Augmenter):
     name = "color_jitter"
+    train_only = True  # random: in training runs, never applied to validation batches
     description = "Randomly change brightness, contrast, saturation and hue, in a random order per image."
     geometric = False
     Params = ColorJitterParams
@@ -501,6 +504,7 @@ class _BoundOp:
 
 class Augment(Augmenter):
     name = "augment"
+    train_only = True  # random: in training runs, never applied to validation batches
     description = "Make N randomly augmented copies of each image by composing the other augmenters."
     reads = ("image", "alpha")
     writes = ("image", "alpha")
