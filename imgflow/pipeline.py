@@ -203,7 +203,7 @@ def apply_overrides(data: dict[str, Any], ov: Overrides, problems: list[Problem]
     stages = data.get("stages") if isinstance(data.get("stages"), list) else []
     for item in ov.params:
         target, sep, value = item.partition("=")
-        stage_ref, dot, key = target.partition(".")
+        stage_ref, dot, key = target.rpartition(".")  # stage names may hold dots (style.fast), keys do not
         if not sep or not dot or not stage_ref or not key:
             problems.append(Problem(f"command line -p {item!r}", "expected STAGE.KEY=VALUE",
                                     "e.g. -p resize.size=512"))

@@ -221,12 +221,14 @@ class TrainingRun:
         metrics = {key: _plain(value) for key, value in (self.trainer.end_epoch(epoch) or {}).items()}
         metrics.update(images=images, seconds=round(time.perf_counter() - started, 3),
                        images_per_s=round(images / train_s, 2) if train_s > 0 else 0.0)
-        self.cursor = Cursor(epoch=epoch + 1, position=0, step=self.cursor.step)
-        self._save_checkpoint()
-        self._flush_steps()
         from imgflow.state import MetricRow
 
+        # Metrics first, then the checkpoint that moves past them: a kill in between is resumed
+        # from the previous checkpoint, which forgets and rewrites these rows.
+        self._flush_steps()
         self.store.record_metrics([MetricRow(self.trainer.id, "epoch", epoch, self.cursor.step, self.run_id, metrics)])
+        self.cursor = Cursor(epoch=epoch + 1, position=0, step=self.cursor.step)
+        self._save_checkpoint()
         self._write_reports()
         self._close_progress()
         self.runner.echo(f"imgflow: {self.trainer.id}: epoch {epoch + 1}/{epochs}: " + _format_metrics(metrics))
@@ -300,8 +302,8 @@ class TrainingRun:
                                                refresh=False)
             every = self.pipeline.run.checkpoint_every
             if every and self.cursor.step % every == 0:
+                self._flush_steps()  # before the checkpoint: a resume forgets rows after its step
                 self._save_checkpoint()
-                self._flush_steps()
         return len(batch)
 
     def _upstream(self, batch: Batch, stages: list[Stage], pending: list[Any],

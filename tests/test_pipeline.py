@@ -139,6 +139,13 @@ def test_overrides_apply_and_are_validated(folders, tmp_path, test_plugin, monke
     assert "expected STAGE.KEY=VALUE" in text
 
 
+def test_override_of_a_stage_whose_name_or_id_has_dots(folders, tmp_path, test_plugin):
+    inp, out = folders
+    path = write_pipeline(tmp_path / "p.toml", input=inp, output=out, stages=[{"use": "tag", "id": "tag.v2"}])
+    pipe = load_pipeline(path, Overrides(params=["tag.v2.label=x2"]))
+    assert pipe.stages[0].params.label == "x2"
+
+
 def test_parse_value_reads_toml_literals():
     assert parse_value("512") == 512
     assert parse_value("0.5") == 0.5
