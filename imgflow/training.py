@@ -36,7 +36,6 @@ from imgflow.errors import ConfigError, ItemError
 from imgflow.stage import derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
     from imgflow.batch import Batch
     from imgflow.runner import Runner, _RunContext

@@ -14,7 +14,6 @@ import os
 # As the CLI does: idle OpenMP threads otherwise spin on the cores other processes need (the
 # suite runs subprocesses and decode workers beside in-process torch). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from pathlib import Path
 from typing import Any
 
 import pytest

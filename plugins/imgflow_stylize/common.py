@@ -21,6 +21,38 @@ RANDOM = "random"
 RANDOM_VGG_SEED = 0
 
 
+class StyleSource:
+    """Mixed into the stages that read a style image and a VGG loss network (optimize, train).
+
+    The stage sets ``vgg_default`` (the registry name of its VGG) and has ``style`` and
+    ``vgg_weights`` parameters; both files change results, so both are in the fingerprint.
+    """
+
+    vgg_default: str = ""
+    params: Any
+    context: Any
+
+    def vgg_source(self) -> str | Path:
+        """"random", a registry name, a URL, or an absolute local path."""
+        from imgflow import models
+
+        return models.resolve_weights(self.params.vgg_weights, self.vgg_default, self.context.resolve,
+                                      keywords=(RANDOM,))
+
+    def style_path(self) -> Path:
+        return self.context.resolve(self.params.style)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The loss network's weights and the style image's bytes both shape the result."""
+        from imgflow import models
+        from imgflow_stylize import MODELS
+
+        source = self.vgg_source()
+        vgg = {"weights": source} if source == RANDOM else models.weights_fingerprint(
+            source, {name: url for name, (url, _d) in MODELS.items()})
+        return {"vgg": vgg, "style": file_fingerprint(self.style_path())}
+
+
 def file_fingerprint(path: Path) -> dict[str, Any]:
     """A file's identity for the pipeline fingerprint: its sha256 (style images are small), or
     ``missing`` so that validating a pipeline never fails on a file made later."""

@@ -21,16 +21,14 @@ No torch at import: torch and the networks are imported in ``setup``/``process``
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, field_validator
 
 from imgflow import Params, Stage, StageContext, StageKind
-from imgflow_stylize import MODELS, VGG19
+from imgflow_stylize import VGG19
 from imgflow_stylize.common import (
-    RANDOM,
-    file_fingerprint,
+    StyleSource,
     load_style_image,
     load_vgg,
     resize,
@@ -107,8 +105,9 @@ class StyleOptimizeParams(Params):
         return value
 
 
-class StyleOptimize(Stage):
+class StyleOptimize(StyleSource, Stage):
     name = "style.optimize"
+    vgg_default = VGG19
     kind = StageKind.STYLIZE
     description = "Neural style by optimisation (Gatys et al., VGG19 features, Adam), whole batches at once."
     reads = ("image", "alpha")
@@ -122,24 +121,6 @@ class StyleOptimize(Stage):
         self.style_grams: dict[int, Any] = {}
 
     # -- configuration
-
-    def vgg_source(self) -> str | Path:
-        """"random", a registry name, a URL, or an absolute local path."""
-        from imgflow import models
-
-        return models.resolve_weights(self.params.vgg_weights, VGG19, self.context.resolve, keywords=(RANDOM,))
-
-    def style_path(self) -> Path:
-        return self.context.resolve(self.params.style)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The loss network's weights and the style image's bytes both shape the result."""
-        from imgflow import models
-
-        source = self.vgg_source()
-        vgg = {"weights": source} if source == RANDOM else models.weights_fingerprint(
-            source, {name: url for name, (url, _d) in MODELS.items()})
-        return {"vgg": vgg, "style": file_fingerprint(self.style_path())}
 
     def working_size(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) an image of this size is optimised at."""

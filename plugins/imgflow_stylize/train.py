@@ -23,17 +23,16 @@ No torch at import: torch and the networks are imported in ``setup`` and after.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from imgflow import Artifact, Params, Stage, StageContext, StageKind
 from imgflow.stage import DecodeHint
-from imgflow_stylize import MODELS, VGG16
+from imgflow_stylize import VGG16
 from imgflow_stylize.common import (
-    RANDOM,
-    file_fingerprint,
+    StyleSource,
     load_style_image,
     load_vgg,
     resize,
@@ -87,8 +86,9 @@ class TrainFastStyleParams(Params):
         return value
 
 
-class TrainFastStyle(Stage):
+class TrainFastStyle(StyleSource, Stage):
     name = "train.fast_style"
+    vgg_default = VGG16
     kind = StageKind.TRAIN
     description = "Train a fast-style TransformerNet (Johnson et al.) for one style image on the input images."
     reads = ("image",)
@@ -106,23 +106,6 @@ class TrainFastStyle(Stage):
         self.sums = self._zero_sums()
 
     # -- configuration
-
-    def vgg_source(self) -> str | Path:
-        from imgflow import models
-
-        return models.resolve_weights(self.params.vgg_weights, VGG16, self.context.resolve, keywords=(RANDOM,))
-
-    def style_path(self) -> Path:
-        return self.context.resolve(self.params.style)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The loss network and the style image's bytes: a changed style restarts the training."""
-        from imgflow import models
-
-        source = self.vgg_source()
-        vgg = {"weights": source} if source == RANDOM else models.weights_fingerprint(
-            source, {name: url for name, (url, _d) in MODELS.items()})
-        return {"vgg": vgg, "style": file_fingerprint(self.style_path())}
 
     def epochs(self) -> int:
         return self.params.epochs
