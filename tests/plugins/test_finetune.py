@@ -599,3 +599,31 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_model(tmp_path):
         assert torch.equal(value, b["state_dict"][key]), key
     assert [r["val_acc"] for r in read_csv(tmp_path / "whole" / "metrics.csv")] == \
            [r["val_acc"] for r in read_csv(tmp_path / "killed" / "metrics.csv")]
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_with_mixed_precision_then_classify_on_the_cpu(tmp_path):
+    data = tmp_path / "data"
+    make_shapes(data, ShapesSpec(train_per_class=12, val_per_class=4, size=48))
+    stage = {**SCRATCH, "image_size": 48, "resize": 52, "epochs": 2, "amp": True}
+    out = tmp_path / "train"
+    pipe = write_pipeline(tmp_path / "t.toml", input=data, output=out, stages=[stage],
+                          run={"device": "cuda", "batch_size": 8})
+    result = run_cli("run", pipe)
+    assert result.returncode == 0, result.stderr
+    epochs = read_csv(out / "metrics.csv")
+    assert len(epochs) == 2 and all(np.isfinite(float(r["loss"])) for r in epochs)
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for t in saved["state_dict"].values())
+    labelled = tmp_path / "labelled"
+    classify = write_pipeline(tmp_path / "c.toml", input=data / "val", output=labelled,
+                              stages=[{"use": "classify", "weights": str(out / "model.pt")}], run={"device": "cpu"})
+    result = run_cli("run", classify)
+    assert result.returncode == 0, result.stderr
+    assert len(manifest(labelled)) == 8

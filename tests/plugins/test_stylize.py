@@ -518,3 +518,23 @@ def test_importing_the_plugin_and_stage_modules_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert 'torchvision' not in sys.modules, 'torchvision imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_style_fast_on_cuda_matches_the_cpu():
+    cpu_stage = fast_stage()
+    gpu_stage = fast_stage(setup=False)
+    gpu_stage.setup(torch.device("cuda"))
+    gpu_stage.net.load_state_dict(cpu_stage.net.state_dict())
+    sizes = [(37, 53), (64, 48), (64, 48)]
+    with torch.inference_mode():
+        want = cpu_stage.process(make_batch(sizes))
+        batch = make_batch(sizes)
+        for item in batch:
+            item.image = item.image.cuda()
+        batch.device = torch.device("cuda")
+        got = gpu_stage.process(batch)
+    for a, b in zip(want.items, got.items, strict=True):
+        assert b.image.is_cuda and b.image.shape == a.image.shape
+        assert torch.allclose(a.image, b.image.cpu(), atol=2e-3)
