@@ -16,6 +16,7 @@ This module imports no torch: ``imgflow validate`` may use it.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +46,12 @@ class LabelledFolder:
 
     @classmethod
     def scan(cls, root: Path, *, labels_csv: Path | None = None, val_fraction: float = 0.0,
-             seed: int = 0) -> LabelledFolder:
+             seed: int = 0, skip: Sequence[Path] = ()) -> LabelledFolder:
         """Look at ``root`` (or read ``labels_csv``) and learn the classes.
 
-        Raises ConfigError naming the folder and the layouts it accepts when none fits.
+        ``skip``: folders that are not classes (an output folder inside the input folder, which
+        the runner never reads either). Raises ConfigError naming the folder and the layouts it
+        accepts when none fits.
         """
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"val_fraction: expected a number in [0, 1), got {val_fraction}")
@@ -58,12 +61,13 @@ class LabelledFolder:
         if not root.is_dir():
             raise ConfigError(f"{root}: the training input folder does not exist "
                               "(fix: [input] path must point at a folder of class sub-folders)")
-        top = _subfolders(root)
+        skipped = {Path(p).resolve() for p in skip}
+        top = _subfolders(root, skipped)
         if "train" in top:
-            names = set(_subfolders(root / "train"))
+            names = set(_subfolders(root / "train", skipped))
             for folder in top:
                 if SPLIT_FOLDERS.get(folder) == "val":
-                    names |= set(_subfolders(root / folder))
+                    names |= set(_subfolders(root / folder, skipped))
             return cls._checked(root, sorted(names), "split-folders", val_fraction, seed)
         return cls._checked(root, top, "class-folders", val_fraction, seed)
 
@@ -134,9 +138,10 @@ class LabelledFolder:
         return "val" if _hash_fraction(relpath, self.seed) < self.val_fraction else "train"
 
 
-def _subfolders(folder: Path) -> list[str]:
+def _subfolders(folder: Path, skipped: set[Path] = frozenset()) -> list[str]:  # type: ignore[assignment]
     """Visible sub-folder names, sorted (class index = position, as torchvision's ImageFolder)."""
     try:
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in folder.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and p.resolve() not in skipped)
     except OSError as exc:
         raise ConfigError(f"{folder}: cannot list the folder: {exc.strerror or exc}") from exc

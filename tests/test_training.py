@@ -221,6 +221,19 @@ def test_labels_from_split_folders(dataset):
     assert labelled.split_of("stray.png") is None
 
 
+def test_an_output_folder_inside_the_input_is_neither_a_class_nor_an_input(tmp_path, trainer_plugin):
+    data = tmp_path / "data"
+    write_two_classes(data, 6, split=None)
+    pipe = write_pipeline(tmp_path / "p.toml", input=data, output=data / "trained",
+                          stages=[{"use": "tiny_classifier", "id": "fit", "epochs": 1, "val_fraction": 0.25}],
+                          run={"batch_size": 4})
+    for _ in range(2):  # the second run sees the first one's outputs inside the input folder
+        code, output = invoke("run", pipe, "--force")
+        assert code == 0, output
+    seen = json.loads((data / "trained" / "seen.json").read_text())
+    assert {r[0].split("/")[0] for r in seen} == {"red", "blue"} and len(seen) == 12
+
+
 def test_labels_from_class_folders_with_a_stable_validation_fraction(tmp_path):
     write_two_classes(tmp_path, 100, split=None, size=4)
     labelled = LabelledFolder.scan(tmp_path, val_fraction=0.2, seed=5)

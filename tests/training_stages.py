@@ -37,7 +37,7 @@ class TinyClassifier(Stage):
 
         if getattr(self, "_labelled", None) is None:
             self._labelled = LabelledFolder.scan(self.context.input_root, val_fraction=self.params.val_fraction,
-                                                 seed=self.context.seed)
+                                                 seed=self.context.seed, skip=[self.context.output_root])
         return self._labelled
 
     def epochs(self) -> int:

@@ -196,8 +196,9 @@ class TrainClassifier(Stage):
         root = self.context.input_root
         if root is None:
             raise ConfigError(f"stage '{self.id}': no input folder to read classes from (fix: set [input] path)")
+        skip = [self.context.output_root] if self.context.output_root is not None else []
         return LabelledFolder.scan(Path(root), labels_csv=self.labels_path(),
-                                   val_fraction=self.params.val_fraction, seed=self.context.seed)
+                                   val_fraction=self.params.val_fraction, seed=self.context.seed, skip=skip)
 
     def epochs(self) -> int:
         return self.params.epochs
