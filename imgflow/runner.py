@@ -62,12 +62,14 @@ class RunResult:
     elapsed_s: float
     output: Path
     failures: list[dict[str, str]]
+    training: str | None = None  # training runs: what was trained (epochs, images/s)
 
     def summary_line(self, name: str) -> str:
         c = self.counts
         rate = c["done"] / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        speed = self.training or f"{rate:.1f} img/s"
         return (f"imgflow: {name}: {c['done']} done, {c['failed']} failed, {c['skipped']} skipped "
-                f"in {self.elapsed_s:.1f}s ({rate:.1f} img/s) -> {self.output}")
+                f"in {self.elapsed_s:.1f}s ({speed}) -> {self.output}")
 
 
 # ----------------------------------------------------------------- devices
@@ -204,6 +206,7 @@ class Runner:
         self._claims: dict[str, str] = {}  # output relpath -> input, for items not yet recorded
         self._claims_lock = threading.Lock()
         self._store: StateStore | None = None
+        self.training_summary: str | None = None  # set by a training run
 
     # -- public
 
@@ -261,7 +264,8 @@ class Runner:
                            "counts": dict(self.counts), "elapsed_s": round(time.monotonic() - started, 3)}
                 self._warn_all(call_lifecycle("pipeline_finish", run=run_doc, summary=summary))
         return RunResult(run_id=run_id, counts=dict(self.counts), exit_code=exit_code,
-                         elapsed_s=time.monotonic() - started, output=out, failures=self.failures)
+                         elapsed_s=time.monotonic() - started, output=out, failures=self.failures,
+                         training=self.training_summary)
 
     def _options_doc(self) -> dict[str, Any]:
         run = self.pipeline.run

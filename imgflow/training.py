@@ -97,6 +97,9 @@ class TrainingRun:
         self._recorded: set[str] = set()
         self._step_rows: list[MetricRow] = []
         self._progress: Any = None
+        self._trained_images = 0
+        self._train_seconds = 0.0
+        self._epochs_run = 0
 
     # -- the run
 
@@ -216,6 +219,9 @@ class TrainingRun:
         started = time.perf_counter()
         images = self._phase("train", remaining, epoch, decoded_q, ctx)
         train_s = time.perf_counter() - started
+        self._trained_images += images
+        self._train_seconds += train_s
+        self._epochs_run += 1
         self._phase("val", len(plan.val), epoch, decoded_q, ctx)
         metrics = {key: _plain(value) for key, value in (self.trainer.end_epoch(epoch) or {}).items()}
         metrics.update(images=images, seconds=round(time.perf_counter() - started, 3),
@@ -361,6 +367,9 @@ class TrainingRun:
             atomic_write(self.pipeline.output_path, art.relpath, data)
         self.cursor.finished = True  # only after the final artefacts are in place
         self._save_checkpoint()
+        rate = self._trained_images / self._train_seconds if self._train_seconds > 0 else 0.0
+        self.runner.training_summary = (f"trained {self._epochs_run} epoch(s): {self._trained_images} training "
+                                        f"images at {rate:.1f} img/s")
 
     # -- checkpoints
 

@@ -108,6 +108,7 @@ def test_metrics_files_manifest_records_and_learning(tmp_path, dataset, trainer_
     assert code == 0, output
     out = tmp_path / "out"
     assert "epoch 4/4" in output and "val_acc" in output
+    assert "trained 4 epoch(s): 96 training images at" in output
     lines = (out / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")
     assert header[:2] == ["epoch", "run_id"]
