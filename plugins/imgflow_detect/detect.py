@@ -168,6 +168,9 @@ class Detect(Stage):
             net.load_state_dict(state, strict=True)
         silence_unused_classes(net)
         self.net = net.eval().to(device)
+        if device.type == "cpu":
+            # oneDNN's convolutions are faster in NHWC: Faster R-CNN MobileNetV3 458 -> 420 ms/img
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.weights_id = self.fingerprint()["weights"]
 
     def build(self) -> torch.nn.Module:

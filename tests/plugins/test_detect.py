@@ -274,6 +274,41 @@ def test_boxes_map_back_to_original_pixels_after_the_models_resize():
     assert tuple(b.image.shape) == (3, 600, 900) and tuple(a.image.shape) == (3, 300, 300)
 
 
+def test_cpu_speed_ups_do_not_change_detections():
+    """On the CPU the stage runs one image per core in channels_last: the detections must be the
+    plain torchvision model's, called image by image in the default layout."""
+    rng = np.random.default_rng(5)
+    pixels = [(rng.random((120, 160, 3)) * 255).astype(np.uint8), (rng.random((160, 96, 3)) * 255).astype(np.uint8),
+              (rng.random((100, 100, 3)) * 255).astype(np.uint8)]
+    model = "fasterrcnn_mobilenet_v3_large_fpn"
+    stage = Detect(DetectParams(model=model, weights="random", score_threshold=0.0, max_detections=20),
+                   StageContext(stage_id="detect"))
+    stage.setup(torch.device("cpu"))
+    before = torch.get_num_threads()
+    with torch.inference_mode():
+        items = stage.process(Batch(items=[item_from(p, f"{i}.png") for i, p in enumerate(pixels)])).items
+    assert torch.get_num_threads() == before
+    from torchvision.models import detection
+
+    plain = getattr(detection, model)(weights=None, weights_backbone=None, num_classes=91,
+                                      **model_thresholds(model, 0.0, 0.5, 20)).eval()
+    plain.load_state_dict(stage.net.state_dict())
+    for item, p in zip(items, pixels, strict=True):
+        image = item_from(p, "x.png").image
+        with torch.inference_mode():
+            want = stage.detections(plain([image])[0])
+            # untrained heads score many anchors almost equally, so which 20 boxes win can flip
+            # on float rounding; the features and the winning scores are the stable comparison
+            batched = plain.transform([image])[0].tensors
+            features_want = plain.backbone(batched)
+            features_got = stage.net.backbone(batched.contiguous(memory_format=torch.channels_last))
+        for key, value in features_want.items():
+            assert torch.allclose(features_got[key], value, rtol=1e-4, atol=1e-4), key
+        got = item.results["detect"]["detections"]
+        assert len(got) == len(want) == 20
+        assert np.allclose(sorted(d["score"] for d in got), sorted(d.score for d in want), atol=1e-4)
+
+
 def test_loads_a_checkpoint_strictly_and_rejects_one_for_another_model(tmp_path):
     from torchvision.models import detection
 
