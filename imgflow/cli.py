@@ -315,6 +315,12 @@ def status(output: Path, as_json: bool, n_failures: int) -> None:
             c = r.get("counts") or {}
             click.echo(f"  {r.get('run_id')}  {r.get('status'):<11} exit {r.get('exit_code')}  "
                        + ", ".join(f"{v} {k}" for k, v in c.items()))
+    for t in report.get("training", []):
+        last = t.get("last_epoch") or {}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items()
+                          if isinstance(v, float) and k not in ("seconds", "images_per_s"))
+        click.echo(f"training {t['stage']}: {t['epochs']} epoch(s), {t['steps']} step(s) logged"
+                   + (f"; last epoch: {shown}" if shown else ""))
     fails = report.get("failures", [])
     if fails:
         click.echo("failures:")

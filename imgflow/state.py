@@ -863,10 +863,29 @@ class StateStore:
                     (failures,),
                 )
             ]  # fmt: skip
+            training = self._training_report()
         return {
             "store": str(self.path),
             "counts": counts,
             "total": sum(counts.values()),
             "runs": runs,
             "failures": recent_failures,
+            "training": training,
         }
+
+    def _training_report(self) -> list[dict]:
+        """Per trainer: epochs and steps logged and the last epoch's metrics (training runs)."""
+        has_table = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metrics'").fetchone()
+        if not has_table:  # a store from before training runs existed, opened read-only
+            return []
+        report = []
+        for stage, epochs, steps in self._conn.execute(
+                "SELECT stage, SUM(kind = 'epoch'), MAX(CASE WHEN kind = 'step' THEN step END) "
+                "FROM metrics GROUP BY stage ORDER BY stage"):
+            last = self._conn.execute(
+                "SELECT epoch, data FROM metrics WHERE stage = ? AND kind = 'epoch' ORDER BY epoch DESC LIMIT 1",
+                (stage,)).fetchone()
+            report.append({"stage": stage, "epochs": int(epochs or 0), "steps": int(steps or 0),
+                           "last_epoch": {"epoch": last[0], **_loads(last[1], {})} if last else None})
+        return report

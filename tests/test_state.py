@@ -503,3 +503,25 @@ def test_ten_thousand_lookups_and_records_are_fast(tmp_path: Path) -> None:
     print(f"\n10,000 lookups+records: {first:.3f} s; 10,000 hitting lookups: {rerun:.3f} s")
     assert committed_items(tmp_path) == 10_000
     assert first + rerun < 20  # a sanity bound only; the printed figure is the measurement
+
+
+def test_a_schema_1_store_is_read_as_is_and_upgraded_by_the_next_writer(tmp_path: Path) -> None:
+    """Output folders written before training runs existed keep working."""
+    (tmp_path / ".imgflow").mkdir()
+    with raw(tmp_path) as conn:
+        state._migrate_0_to_1(conn)
+        conn.execute("PRAGMA user_version = 1")
+    with StateStore(tmp_path) as store:  # a writer: migrates to the current schema
+        store.record(make_record(1, "r1"))
+    with raw(tmp_path) as conn:
+        conn.execute("DROP TABLE metrics")  # back to what schema 1 had, items kept
+        conn.execute("PRAGMA user_version = 1")
+    with StateStore(tmp_path, readonly=True) as store:
+        report = store.status_report()
+    assert report["total"] == 1 and report["training"] == []
+    with StateStore(tmp_path) as store:
+        assert store.lookup("img/000001.jpg") is not None
+        store.record_metrics([state.MetricRow("fit", "epoch", 0, 5, "r2", {"loss": 0.5})])
+        assert [r["loss"] for r in store.iter_metrics("fit")] == [0.5]
+    with raw(tmp_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

@@ -128,6 +128,10 @@ def test_metrics_files_manifest_records_and_learning(tmp_path, dataset, trainer_
     assert len([r for r in recs if r.get("record") == "step"]) == 20
     assert epochs[-1]["train_acc"] >= 0.9 and epochs[-1]["val_acc"] >= 0.85, epochs[-1]
     assert epochs[-1]["loss"] < epochs[0]["loss"]
+    code, status = invoke("status", out)
+    assert code == 0 and "training fit: 4 epoch(s), 20 step(s) logged; last epoch: loss" in status
+    report = json.loads(invoke("status", out, "--json")[1])
+    assert report["training"][0]["last_epoch"]["epoch"] == 3
 
 
 def test_finished_training_is_not_redone_and_force_retrains_identically(tmp_path, dataset, trainer_plugin):
