@@ -263,3 +263,15 @@ def test_labels_from_csv_and_its_errors(tmp_path):
     (only / "cats").mkdir(parents=True)
     with pytest.raises(ConfigError, match="at least two classes"):
         LabelledFolder.scan(only)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_checkpoints_cpu_loadable_state(tmp_path, dataset, trainer_plugin):
+    pipe = training_pipeline(tmp_path, dataset, epochs=2, run={"device": "cuda"})
+    code, output = invoke("run", pipe)
+    assert code == 0, output
+    saved = torch.load(tmp_path / "out" / "checkpoints" / "fit.pt", map_location="cpu", weights_only=True)
+    assert saved["cursor"]["finished"] and saved["rng"]["cuda"], "CUDA RNG states are saved"
+    epochs = [r for r in records(tmp_path / "out") if r.get("record") == "epoch"]
+    assert len(epochs) == 2 and epochs[-1]["train_acc"] >= 0.5
