@@ -146,6 +146,9 @@ def test_finished_training_is_not_redone_and_force_retrains_identically(tmp_path
     assert invoke("run", pipe, "--force")[0] == 0
     again = torch.load(model, weights_only=True)
     assert all(torch.equal(first[k], again[k]) for k in first)
+    # on a terminal (here forced): a progress bar per epoch, with the step's metrics
+    code, output = invoke("run", pipe, "--force", "--progress")
+    assert code == 0 and "epoch 1/2: 100%" in output and "epoch 2/2: 100%" in output and "loss=" in output
     # a changed parameter is another training: it starts over instead of resuming
     code, output = invoke("run", pipe, "-p", "fit.lr=0.2")
     assert code == 0 and "starts over" in output and "epoch 2/2" in output
