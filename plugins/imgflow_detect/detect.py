@@ -167,7 +167,10 @@ class Detect(Stage):
             state = models.load_state_dict(source, expected=expected)
             net.load_state_dict(state, strict=True)
         silence_unused_classes(net)
-        self.net = net.eval().to(device)
+        from imgflow.inference import fold_batch_norms
+
+        fold_batch_norms(net.eval())  # after loading: the norms' keys are gone from state_dict()
+        self.net = net.to(device)
         if device.type == "cpu":
             # oneDNN's convolutions are faster in NHWC: Faster R-CNN MobileNetV3 458 -> 420 ms/img
             self.net = self.net.to(memory_format=torch.channels_last)
