@@ -77,6 +77,19 @@ def _library_versions() -> dict[str, str]:
         return {"torch": "unavailable", "pillow": Image.__version__, "numpy": np.__version__}
 
 
+def missing_console_script(script: str) -> bool:
+    """True (after saying what to do) when the imgflow console script is not beside this Python.
+
+    Every benchmark times ``imgflow`` as a real process, so it must run in the project's
+    environment; ``script`` is the benchmark's file name for the message.
+    """
+    if IMGFLOW.exists():
+        return False
+    print(f"benchmarks/{script}: no imgflow console script at {IMGFLOW}; fix: run it with the "
+          f"project's environment: `uv run python benchmarks/{script}`", file=sys.stderr)
+    return True
+
+
 def machine_facts() -> dict[str, object]:
     """What a reader needs to compare figures across machines."""
     facts: dict[str, object] = {

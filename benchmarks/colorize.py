@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside t
 
 from _baselines import _jpegs  # noqa: E402
 from _common import (  # noqa: E402
+    missing_console_script,
     GENERATOR_VERSION,
     IMGFLOW,
     BenchmarkError,
@@ -528,9 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("make-weights", "reference"):
         return internal_main(argv)
     args = parse_args(argv)
-    if not IMGFLOW.exists():
-        print(f"benchmarks/colorize.py: no imgflow console script at {IMGFLOW}; fix: run it with the "
-              "project's environment: `uv run python benchmarks/colorize.py`", file=sys.stderr)
+    if missing_console_script("colorize.py"):
         return 2
     count = args.count if args.count is not None else (QUICK_COUNT if args.quick else DEFAULT_COUNT)
     reps = args.reps if args.reps is not None else (1 if args.quick else DEFAULT_REPS)

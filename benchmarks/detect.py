@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside t
 
 from _baselines import _jpegs  # noqa: E402
 from _common import (  # noqa: E402
+    missing_console_script,
     GENERATOR_VERSION,
     IMGFLOW,
     BenchmarkError,
@@ -431,9 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("make-weights", "reference"):
         return internal_main(argv)
     args = parse_args(argv)
-    if not IMGFLOW.exists():
-        print(f"benchmarks/detect.py: no imgflow console script at {IMGFLOW}; fix: run it with the "
-              "project's environment: `uv run python benchmarks/detect.py`", file=sys.stderr)
+    if missing_console_script("detect.py"):
         return 2
     count = args.count if args.count is not None else (QUICK_COUNT if args.quick else DEFAULT_COUNT)
     reps = args.reps if args.reps is not None else DEFAULT_REPS

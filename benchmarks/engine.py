@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
 
 from _common import (  # noqa: E402
+    missing_console_script,
     IMGFLOW,
     BenchmarkError,
     Measured,
@@ -375,9 +376,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not IMGFLOW.exists():
-        print(f"benchmarks/engine.py: no imgflow console script at {IMGFLOW}; fix: run it with the "
-              "project's environment: `uv run python benchmarks/engine.py`", file=sys.stderr)
+    if missing_console_script("engine.py"):
         return 2
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.reps is not None:

@@ -49,6 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
 
 from _common import (  # noqa: E402
+    missing_console_script,
     IMGFLOW,
     BenchmarkError,
     Row,
@@ -370,9 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "reference":
         return internal_main(argv)
     args = parse_args(argv)
-    if not IMGFLOW.exists():
-        print(f"benchmarks/finetune.py: no imgflow console script at {IMGFLOW}; fix: run it with the "
-              "project's environment: `uv run python benchmarks/finetune.py`", file=sys.stderr)
+    if missing_console_script("finetune.py"):
         return 2
     base = QUICK if args.quick else DEFAULTS
     settings = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in base.items()}

@@ -350,13 +350,7 @@ class Runner:
                 yield task
 
         def put(value: object) -> bool:
-            while not stop.is_set():
-                try:
-                    out_q.put(value, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            return put_until_stopped(out_q, value, stop)
 
         try:
             with DecodePool(workers=run.workers, limits=self._decode_limits(),
@@ -659,6 +653,18 @@ class ByteBoundedQueue:
             self._bytes -= size
             self._cond.notify_all()
             return value
+
+
+def put_until_stopped(out_q: ByteBoundedQueue, value: object, stop: threading.Event) -> bool:
+    """Block until ``value`` is queued (True) or ``stop`` is set (False): a feeder thread must
+    never hang on a full queue after the consumer has gone."""
+    while not stop.is_set():
+        try:
+            out_q.put(value, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _stop_feeder(stop: threading.Event, decoded_q: ByteBoundedQueue, feeder: threading.Thread) -> None:

@@ -183,16 +183,10 @@ class TrainingRun:
                 yield (epoch, "val", sf), sf.path
 
     def _feed(self, pool: Any, plan: Plan, start: Cursor, epochs: int, out_q: Any, stop: threading.Event) -> None:
-        from imgflow.runner import _END
+        from imgflow.runner import _END, put_until_stopped
 
         def put(value: object) -> bool:
-            while not stop.is_set():
-                try:
-                    out_q.put(value, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            return put_until_stopped(out_q, value, stop)
 
         try:
             outcomes = pool.imap(self._tasks(plan, start, epochs))

@@ -10,7 +10,10 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import field_validator
+
 from imgflow.errors import ConfigError
+from imgflow.stage import Params
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -19,6 +22,17 @@ if TYPE_CHECKING:  # pragma: no cover
 RANDOM = "random"
 #: The seed of "random" VGG weights: the same untrained loss network every time.
 RANDOM_VGG_SEED = 0
+
+
+class StyleSourceParams(Params):
+    """Parameters of the stages that read a style image and a VGG (optimize, train)."""
+
+    @field_validator("vgg_weights", "style", check_fields=False)
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty (fix: give a path, or remove the key to use the default)")
+        return value
 
 
 class StyleSource:

@@ -29,6 +29,7 @@ from imgflow import Params, Stage, StageContext, StageKind
 from imgflow_stylize import VGG19
 from imgflow_stylize.common import (
     StyleSource,
+    StyleSourceParams,
     load_style_image,
     load_vgg,
     resize,
@@ -44,7 +45,7 @@ VGG19_LAST = 28  # features[:29]: the deepest layer a loss may read
 MIN_WORKING_SIDE = 16  # four max-pools before conv5_1: smaller images have no conv5_1 pixel
 
 
-class StyleOptimizeParams(Params):
+class StyleOptimizeParams(StyleSourceParams):
     style: str = Field(..., description="The style image (path relative to the pipeline file).")
     size: int | tuple[int, int] = Field(
         (300, 450),
@@ -95,13 +96,6 @@ class StyleOptimizeParams(Params):
         if bad or len(set(value)) != len(value):
             raise ValueError(f"layer indices must be distinct numbers 0..{VGG19_LAST} (VGG19 features[:29]), "
                              f"got {value!r} (fix: e.g. [0, 5, 10, 19, 28])")
-        return value
-
-    @field_validator("vgg_weights", "style")
-    @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty (fix: give a path, or remove the key to use the default)")
         return value
 
 

@@ -33,6 +33,7 @@ from imgflow.stage import DecodeHint
 from imgflow_stylize import VGG16
 from imgflow_stylize.common import (
     StyleSource,
+    StyleSourceParams,
     load_style_image,
     load_vgg,
     resize,
@@ -47,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 LOSS_KEYS = ("content_loss", "style_loss", "total_loss")
 
 
-class TrainFastStyleParams(Params):
+class TrainFastStyleParams(StyleSourceParams):
     style: str = Field(..., description="The style image to learn (path relative to the pipeline file).")
     image_size: int = Field(
         256, ge=16, description="Content images are resized (shorter edge) and centre-cropped to this square (256).")
@@ -76,13 +77,6 @@ class TrainFastStyleParams(Params):
         if path.is_absolute() or ".." in path.parts or path.suffix not in (".pth", ".pt") or not path.stem:
             raise ValueError(f"'output_name' must be a relative file name ending in .pth or .pt inside the "
                              f"output folder, got {value!r} (fix: e.g. output_name = \"mosaic.pth\")")
-        return value
-
-    @field_validator("vgg_weights", "style")
-    @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty (fix: give a path, or remove the key to use the default)")
         return value
 
 

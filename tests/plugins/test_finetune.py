@@ -41,14 +41,7 @@ IMGFLOW = str(Path(sys.executable).parent / "imgflow")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread in this process: on a loaded two-core machine OpenMP's waits make tiny
-    ops far slower; results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture

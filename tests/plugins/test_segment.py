@@ -32,15 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 SIZES = [(64, 96), (80, 60)]  # (height, width): landscape and portrait, different network sizes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread for this module: on a loaded two-core machine OpenMP's barrier waits
-    make every op on these tiny tensors hundreds of times slower (measured: 8 ms vs 15 us for a
-    hardswish), which would turn a 1 s test into a minute. Results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture

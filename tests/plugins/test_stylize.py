@@ -24,31 +24,14 @@ from imgflow_stylize.optimize import StyleOptimize, StyleOptimizeParams, upscale
 from PIL import Image
 from torch.nn import functional as F
 
-from imgflow import ConfigError, StageContext, StageKind, models, plugins
+from imgflow import ConfigError, StageContext, StageKind, models
 from imgflow.testing import check_layout, check_stage, make_batch, make_item
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread: on a loaded two-core machine OpenMP barriers make ops on tiny tensors
-    far slower than the work itself. Results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def stylize_plugin(imgflow_register):
-    """The plugin registered in-process, unless its entry point already loaded it."""
-    import imgflow_stylize
-
-    if not plugins.get_plugin_manager().is_registered(imgflow_stylize):
-        imgflow_register(imgflow_stylize, name="stylize")
-    return imgflow_stylize
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")

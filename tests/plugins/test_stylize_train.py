@@ -30,7 +30,7 @@ from imgflow_stylize.fast import StyleFast, StyleFastParams
 from imgflow_stylize.train import TrainFastStyle, TrainFastStyleParams, center_crop
 from PIL import Image
 
-from imgflow import StageContext, StageKind, hookimpl, plugins
+from imgflow import StageContext, StageKind, hookimpl
 from imgflow.batch import Batch
 from imgflow.cli import cli
 from imgflow.models import ModelSpec
@@ -45,22 +45,7 @@ IMGFLOW = str(Path(sys.executable).parent / "imgflow")  # the console script: a 
 TINY = ["-p", "fast_style.vgg_weights=random", "-p", "fast_style.image_size=32", "-p", "fast_style.width=8"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread (see test_stylize.py): tiny tensors, loaded two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def stylize_plugin(imgflow_register):
-    import imgflow_stylize
-
-    if not plugins.get_plugin_manager().is_registered(imgflow_stylize):
-        imgflow_register(imgflow_stylize, name="stylize")
-    return imgflow_stylize
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")
