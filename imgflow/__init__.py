@@ -24,7 +24,7 @@ _EXPORTS = {
     "Stage": "imgflow.stage",
     "StageContext": "imgflow.stage",
     "StageKind": "imgflow.stage",
-    "derive_seed": "imgflow.stage",
+    "derive_seed": "imgflow.seeds",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Artifact, Batch, ImageMeta, Item
     from imgflow.errors import ConfigError, ImgflowError, ItemError
     from imgflow.hookspecs import hookimpl
-    from imgflow.stage import Params, Stage, StageContext, StageKind, derive_seed
+    from imgflow.seeds import derive_seed
+    from imgflow.stage import Params, Stage, StageContext, StageKind
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imgflow.stage import derive_seed
+from imgflow.seeds import derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -122,7 +122,7 @@ class Batch:
     """A list of items on one device. Images may differ in size."""
 
     items: list[Item]
-    device: Any = "cpu"  # a torch.device once the runner has placed the batch
+    device: Any = "cpu"  # a torch.device once the stage chain has placed the batch
     split: str = "train"  # in training runs: "train" or "val" (batches never mix the two)
 
     def __len__(self) -> int:

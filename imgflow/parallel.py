@@ -24,7 +24,7 @@ def map_per_core(fn: Callable[[T], R], inputs: Sequence[T]) -> list[R]:
     """``[fn(x) for x in inputs]``, one input per core, each with one intra-op thread.
 
     The process's intra-op thread count is process-wide in torch, so it is set to 1 for the
-    duration and restored after (only the runner's main thread runs stages). Grad and inference
+    duration and restored after (only one thread runs stages). Grad and inference
     modes are thread-local: the caller's are re-entered in every worker thread.
     """
     import torch

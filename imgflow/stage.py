@@ -11,13 +11,16 @@ This module imports no torch: plugins are loaded for ``imgflow --help`` and ``va
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from imgflow.seeds import derive_seed
+
+__all__ = ["DecodeHint", "Params", "Stage", "StageContext", "StageKind", "derive_seed"]
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -97,7 +100,7 @@ class Stage:
       fans_out     True when one input may become several items (augment copies)
       train_only   True for random augmenters: applied to training batches, never to
                    validation batches of a training run (augmentation is for training only)
-      needs_grad   True when ``process()`` itself optimises (style by optimisation): the runner
+      needs_grad   True when ``process()`` itself optimises (style by optimisation): the engine
                    then runs it with autograd on instead of under ``torch.inference_mode()``
       Params       the parameter model (a :class:`Params` subclass)
     """
@@ -133,9 +136,9 @@ class Stage:
 
     # -- the training protocol (consuming stages, ``consumes = True``) ------------------------
     #
-    # The runner (imgflow.training) owns the loop, so every trainer resumes the same way:
+    # The engine (imgflow.training) owns the loop, so every trainer resumes the same way:
     #   resume: if ``<output>/checkpoints/<stage id>.pt`` exists for this configuration, the
-    #           runner calls ``load_state_dict`` with what ``state_dict`` returned, restores the
+    #           engine calls ``load_state_dict`` with what ``state_dict`` returned, restores the
     #           torch RNG states and skips what that checkpoint had already consumed;
     #   for epoch in range(first, epochs()):
     #       start_epoch(epoch)
@@ -148,7 +151,7 @@ class Stage:
     # Training batches never mix with validation batches. ``consume`` runs with autograd on.
 
     def epochs(self) -> int:
-        """How many passes over the input this trainer wants (the runner re-reads the source)."""
+        """How many passes over the input this trainer wants (the engine re-reads the source)."""
         return 1
 
     def split_of(self, relpath: str) -> str | None:
@@ -161,13 +164,13 @@ class Stage:
     def consume(self, batch: Batch) -> dict[str, float] | None:
         """Consuming stages receive every batch here instead of ``process``.
 
-        For a training batch return that step's metrics (e.g. ``{"loss": 0.7}``): the runner logs
+        For a training batch return that step's metrics (e.g. ``{"loss": 0.7}``): the engine logs
         them as a step record in the manifest and ``steps.csv``. Validation batches return None.
         """
         raise NotImplementedError(f"stage {self.name!r} does not consume batches")
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
-        """Epoch metrics (loss, train_acc, val_acc, ...); the runner adds images/s and seconds."""
+        """Epoch metrics (loss, train_acc, val_acc, ...); the engine adds images/s and seconds."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -213,13 +216,3 @@ class Stage:
         Part of the pipeline fingerprint: when it changes, finished items run again.
         """
         return {}
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed derived from parts (pipeline seed, stage id, item key, epoch...).
-
-    Stable across processes and Python versions (unlike ``hash()``), so reruns draw the same
-    random numbers for the same item regardless of batch composition or worker count.
-    """
-    text = "\x1f".join(str(p) for p in parts).encode("utf-8", "surrogateescape")
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1

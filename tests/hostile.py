@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgflow.decode import DecodeLimits
+from imgflow.io.decode import DecodeLimits
 
 #: The limits the expectations below are written for.
 HOSTILE_LIMITS = DecodeLimits(max_pixels=20_000_000, max_file_bytes=1024**2, memory_mb=None)

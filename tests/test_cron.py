@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imgflow.lock import OutputLock
+from imgflow.state.lock import OutputLock
 from imgflow.testing import write_images
 from tests.helpers import write_pipeline
 from tests.hostile import make_hostile_corpus

@@ -1,4 +1,4 @@
-"""Tests for imgflow.decode: every corpus file's outcome, modes, orientation, caps, and refusals.
+"""Tests for imgflow.io.decode: every corpus file's outcome, modes, orientation, caps, and refusals.
 
 Files are real files on disk (tests/hostile.py writes them); the Ghostscript and memory-cap
 tests run a real child interpreter because they change process-wide state (PATH lookups made at
@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from imgflow.decode import (
+from imgflow.errors import ItemError
+from imgflow.io.decode import (
     ALLOWED_FORMATS,
     DecodeLimits,
-    _to_array,
     decode_bytes,
     decode_file,
     sniff_format,
 )
-from imgflow.errors import ItemError
+from imgflow.io.modes import to_array as _to_array
 from tests.hostile import (
     HOSTILE_LIMITS,
     QUADRANT_COLOURS,
@@ -325,7 +325,7 @@ def test_truncated_later_frame_costs_only_a_note(corpus, tmp_path):
 
 
 def test_a_file_growing_while_read_is_still_capped(tmp_path):
-    from imgflow.decode import _read_upto
+    from imgflow.io.decode import _read_upto
 
     path = tmp_path / "growing.bin"
     path.write_bytes(b"a" * 10)
@@ -345,8 +345,9 @@ def test_truncated_files_fail_and_the_truncation_flag_is_never_set(corpus):
         err = error_of(folder, name)
         assert err.code == "decode_error" and "truncated" in err.message and name in err.message
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
-    source = (REPO / "imgflow" / "decode.py").read_text()
-    assert "LOAD_TRUNCATED_IMAGES =" not in source and "LOAD_TRUNCATED_IMAGES=" not in source
+    for module in (REPO / "imgflow").rglob("*.py"):
+        source = module.read_text()
+        assert "LOAD_TRUNCATED_IMAGES =" not in source and "LOAD_TRUNCATED_IMAGES=" not in source, module
 
 
 def test_file_size_cap_names_cap_size_and_fix(corpus):
@@ -465,7 +466,7 @@ def test_eps_never_reaches_ghostscript(corpus, tmp_path):
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     ours = run_child(
         f"""
-        from imgflow.decode import decode_file, DecodeLimits
+        from imgflow.io.decode import decode_file, DecodeLimits
         from imgflow.errors import ItemError
         try:
             decode_file({str(folder / 'doc.eps')!r}, DecodeLimits())
@@ -496,7 +497,7 @@ def test_memory_cap_turns_a_bomb_under_the_pixel_cap_into_memory_limit(tmp_path)
     (tmp_path / "bomb.png").write_bytes(raw_png(4000, 4000, 8, 6, zlib.compress(rows, 9)))
     result = run_child(
         f"""
-        from imgflow.decode import decode_file, DecodeLimits, apply_memory_cap
+        from imgflow.io.decode import decode_file, DecodeLimits, apply_memory_cap
         from imgflow.errors import ItemError
         status = open("/proc/self/status").read().split("VmSize:")[1].split()[0]
         limits = DecodeLimits(memory_mb=int(status) // 1024 + 40)
@@ -517,7 +518,7 @@ def test_importing_decode_does_not_import_torch_or_other_pillow_plugins():
     result = run_child(
         """
         import sys
-        import imgflow.decode
+        import imgflow.io.decode
         print("torch" in sys.modules, "PIL.EpsImagePlugin" in sys.modules)
         """
     )
@@ -581,7 +582,7 @@ def _jpeg_bytes(width: int, height: int) -> bytes:
 
 
 def test_draft_request_picks_the_smallest_size_that_still_satisfies_the_stage():
-    from imgflow.decode import draft_request
+    from imgflow.io.decode import draft_request
     from imgflow.stage import DecodeHint
 
     assert draft_request((1600, 1200), DecodeHint("longer", 800), 1) == (800, 600)

@@ -1,4 +1,4 @@
-"""Tests for imgflow.decodepool: real worker processes, real crashes, real shared memory.
+"""Tests for imgflow.io.decodepool: real worker processes, real crashes, real pixel memory files.
 
 Crashes and hangs are produced with the test-only IMGFLOW_TEST_CRASH_ON hook, which makes a real
 worker process kill itself with a real signal (or exit, or sleep) when it reaches a chosen file.
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgflow.decode import DecodeLimits, Decoded, decode_file
-from imgflow.decodepool import ENV_TEST_CRASH_ON, DecodePool
+from imgflow.io.decode import DecodeLimits, Decoded, decode_file
+from imgflow.io.decodepool import ENV_TEST_CRASH_ON, DecodePool
 from imgflow.errors import ItemError
 from tests.hostile import HOSTILE_LIMITS, gradient_rgb, make_hostile_corpus
 
@@ -45,7 +45,17 @@ def good_files(tmp_path: Path) -> Path:
 
 
 def leftovers(pool: DecodePool) -> list[str]:
-    return sorted(p.name for p in SHM.iterdir() if p.name.startswith(pool.shm_prefix))
+    """Anything of the pool's pixel memory still around: a /dev/shm entry or an open descriptor."""
+    named = [p.name for p in SHM.iterdir() if pool.ipc_name in p.name]
+    descriptors = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if pool.ipc_name in target:
+            descriptors.append(target)
+    return sorted(named + descriptors)
 
 
 def alive(pid: int) -> bool:
@@ -359,7 +369,7 @@ def test_real_run_prints_nothing_and_leaks_nothing(good_files, tmp_path):
         f"""
         import os, sys
         from pathlib import Path
-        from imgflow.decodepool import DecodePool
+        from imgflow.io.decodepool import DecodePool
         from tests.hostile import HOSTILE_LIMITS
 
         def main():
@@ -367,7 +377,7 @@ def test_real_run_prints_nothing_and_leaks_nothing(good_files, tmp_path):
             with DecodePool(workers=2, limits=HOSTILE_LIMITS, timeout_s=2) as pool:
                 codes = sorted(getattr(o, "code", "ok") for _, o, _ in
                                pool.imap_unordered((p.name, p) for p in folder.iterdir()))
-                print(pool.shm_prefix)
+                print(pool.ipc_name)
             print(",".join(sorted(set(codes))))
             print("torch" in sys.modules)
 
@@ -385,10 +395,10 @@ def test_real_run_prints_nothing_and_leaks_nothing(good_files, tmp_path):
     assert codes == "decode_error,decoder_crash,ok"
     assert torch_loaded == "False"
     assert result.stderr == ""
-    assert not [p for p in SHM.iterdir() if p.name.startswith(prefix)]
+    assert not [p for p in SHM.iterdir() if prefix in p.name]
     # Control: decoding the same TIFF in-process does print, so the check above can fail.
     control = subprocess.run(
-        [sys.executable, "-c", "from imgflow.decode import decode_file, DecodeLimits\n"
+        [sys.executable, "-c", "from imgflow.io.decode import decode_file, DecodeLimits\n"
          f"try: decode_file({str(good_files / 'noisy.tif')!r}, DecodeLimits())\n"
          "except Exception: pass"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
@@ -409,7 +419,7 @@ def test_spawn_start_method_works_too(good_files, monkeypatch):
     # Where forkserver is unavailable (macOS, Windows) the pool spawns fresh interpreters.
     import multiprocessing
 
-    import imgflow.decodepool as decodepool
+    import imgflow.io.decodepool as decodepool
 
     monkeypatch.setattr(decodepool, "_context", lambda: multiprocessing.get_context("spawn"))
     monkeypatch.setenv(ENV_TEST_CRASH_ON, "segv:img04")

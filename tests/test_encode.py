@@ -1,4 +1,4 @@
-"""Tests for imgflow.encode: formats, naming, safe targets, atomic writes, temp-file sweeping.
+"""Tests for imgflow.io (encode, naming, atomic): formats, naming, safe targets, atomic writes, temp-file sweeping.
 
 Every encoded image is decoded back with Pillow (and tifffile / a small reference PNG reader for
 16-bit colour, which Pillow reads only at 8 bits). Writes go to real folders under tmp_path.
@@ -22,17 +22,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from imgflow.encode import (
-    EXTENSIONS,
-    WRITABLE_FORMATS,
-    atomic_write,
-    encode_image,
-    output_relpath,
-    resolve_format,
-    safe_target,
-    sweep_temp_files,
-    validate_template,
-)
+from imgflow.io.atomic import atomic_write, safe_target, sweep_temp_files
+from imgflow.io.encode import encode_image
+from imgflow.io.naming import EXTENSIONS, WRITABLE_FORMATS, output_relpath, resolve_format, validate_template
 from imgflow.errors import ConfigError, ItemError
 
 H, W = 24, 40
@@ -529,7 +521,7 @@ def test_sweep_temp_files(tmp_path: Path) -> None:
 
 def test_importing_encode_does_not_import_torch_numpy_or_pillow() -> None:
     code = (
-        "import sys, imgflow.encode\n"
+        "import sys, imgflow.io.encode, imgflow.io.naming, imgflow.io.atomic\n"
         "bad = [m for m in ('torch', 'numpy', 'PIL', 'tifffile') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

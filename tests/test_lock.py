@@ -1,4 +1,4 @@
-"""Tests for imgflow.lock: one run per output folder, across real processes."""
+"""Tests for imgflow.state.lock: one run per output folder, across real processes."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from imgflow.errors import EXIT_LOCKED, LockBusy
-from imgflow.lock import OutputLock, lock_holder
+from imgflow.state.lock import OutputLock, lock_holder
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from imgflow.lock import OutputLock
+from imgflow.state.lock import OutputLock
 with OutputLock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -133,7 +133,7 @@ def test_lock_holder_without_a_lock_file(tmp_path: Path) -> None:
 
 
 def test_importing_lock_does_not_import_torch() -> None:
-    code = "import sys, imgflow.lock; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, imgflow.state.lock; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run(
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO
     )

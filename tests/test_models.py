@@ -29,6 +29,7 @@ from imgflow import hookimpl, models
 from imgflow.cli import cli
 from imgflow.errors import ConfigError, PluginError
 from imgflow.models import ModelSpec
+from imgflow.models import cache as models_cache
 
 LICENSE = "MIT (test)"
 
@@ -173,12 +174,12 @@ def test_cache_dir_matches_torch_hub_under_each_environment_rule(tmp_path, monke
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models._hub_dir_from_env() == Path(torch.hub.get_dir()) == tmp_path / "th" / "hub"
+    assert models_cache._hub_dir_from_env() == Path(torch.hub.get_dir()) == tmp_path / "th" / "hub"
     monkeypatch.delenv("TORCH_HOME")
-    assert models._hub_dir_from_env() == Path(torch.hub.get_dir()) == tmp_path / "xdg" / "torch" / "hub"
+    assert models_cache._hub_dir_from_env() == Path(torch.hub.get_dir()) == tmp_path / "xdg" / "torch" / "hub"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert models._hub_dir_from_env() == Path(torch.hub.get_dir()) == tmp_path / "home/.cache/torch/hub"
+    assert models_cache._hub_dir_from_env() == Path(torch.hub.get_dir()) == tmp_path / "home/.cache/torch/hub"
 
 
 def test_cache_path_is_torch_hub_checkpoints(torch_home):
@@ -312,7 +313,7 @@ def test_http_404_is_a_download_error(server, torch_home):
 
 
 def test_a_server_that_never_answers_times_out(torch_home, monkeypatch):
-    monkeypatch.setattr(models, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(models_cache, "DOWNLOAD_TIMEOUT_S", 0.5)
     with socket.socket() as silent:  # accepts connections (kernel backlog), never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
@@ -524,7 +525,7 @@ def test_cli_pull_offline_exits_2_with_the_import_hint(torch_home, imgflow_regis
 
 
 def test_importing_the_modules_does_not_import_torch():
-    code = ("import sys, imgflow.cli, imgflow.cli_models, imgflow.models; "
+    code = ("import sys, imgflow.cli, imgflow.cli.models, imgflow.models; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     env = {k: v for k, v in os.environ.items() if k != "IMGFLOW_LOAD_PLUGINS"}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imgflow.errors import ConfigError, ValidationFailed
-from imgflow.pipeline import Overrides, load_pipeline, parse_value
+from imgflow.config import Overrides, load_pipeline, parse_value
 
 from tests.helpers import write_pipeline
 

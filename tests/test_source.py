@@ -1,4 +1,4 @@
-"""Tests for imgflow.source: the lazy, ordered, filtered walk over real folders on disk."""
+"""Tests for imgflow.io.source: the lazy, ordered, filtered walk over real folders on disk."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from imgflow.errors import ConfigError
-from imgflow.source import (
+from imgflow.io.source import (
     DEFAULT_INCLUDE,
     SourceFile,
     compile_globs,
@@ -269,7 +269,7 @@ def test_bad_root_is_a_config_error_at_call_time(tmp_path: Path) -> None:
 
 
 def test_importing_source_does_not_import_torch() -> None:
-    code = "import sys, imgflow.source; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, imgflow.io.source; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run(
         [sys.executable, "-c", code], check=False, capture_output=True, text=True
     )

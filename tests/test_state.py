@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from imgflow import state
+from imgflow.state import reports as state_reports
+from imgflow.state import schema as state_schema
+from imgflow.state import store as state
 from imgflow.errors import ConfigError
 from imgflow.state import SCHEMA_VERSION, ItemRecord, PriorItem, StateStore
 
@@ -409,7 +411,7 @@ def test_failed_inputs_streams_sorted_and_allows_recording_meanwhile(tmp_path: P
 
 
 def test_run_summary_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state, "SUMMARY_FAILURES_CAP", 3)
+    monkeypatch.setattr(state_reports, "SUMMARY_FAILURES_CAP", 3)
     with StateStore(tmp_path) as store:
         old = begin(store)
         store.record(make_record(100, old, status="failed"))  # another run's failure
@@ -509,7 +511,7 @@ def test_a_schema_1_store_is_read_as_is_and_upgraded_by_the_next_writer(tmp_path
     """Output folders written before training runs existed keep working."""
     (tmp_path / ".imgflow").mkdir()
     with raw(tmp_path) as conn:
-        state._migrate_0_to_1(conn)
+        state_schema._migrate_0_to_1(conn)
         conn.execute("PRAGMA user_version = 1")
     with StateStore(tmp_path) as store:  # a writer: migrates to the current schema
         store.record(make_record(1, "r1"))

@@ -24,7 +24,7 @@ from PIL import Image
 
 from imgflow.cli import cli
 from imgflow.errors import ConfigError
-from imgflow.labels import LabelledFolder
+from imgflow.training.labels import LabelledFolder
 from tests.helpers import write_pipeline
 from tests.training_stages import TrainingTestPlugin
 

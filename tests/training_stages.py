@@ -1,7 +1,7 @@
 """A small real trainer for the engine's training-loop tests (in-process and in subprocesses).
 
 ``tiny_classifier`` learns a 2-class problem with a real torch model (conv, dropout, linear) and
-SGD with a step schedule, labels from :class:`imgflow.labels.LabelledFolder`. It also keeps a log
+SGD with a step schedule, labels from :class:`imgflow.training.labels.LabelledFolder`. It also keeps a log
 of what it saw (source, split, epoch, mean pixel value) so tests can check order, splits and
 per-epoch augmentation. Everything it keeps goes through ``state_dict`` so resume is exact.
 
@@ -33,7 +33,7 @@ class TinyClassifier(Stage):
         slow_ms: int = Field(0, ge=0, description="sleep per batch (kill tests)")
 
     def _labels(self) -> Any:
-        from imgflow.labels import LabelledFolder
+        from imgflow.training.labels import LabelledFolder
 
         if getattr(self, "_labelled", None) is None:
             self._labelled = LabelledFolder.scan(self.context.input_root, val_fraction=self.params.val_fraction,

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from imgflow.batch import Batch
-    from imgflow.labels import LabelledFolder
+    from imgflow.training.labels import LabelledFolder
 
 #: The book's learning rates: fine-tuning (base, head x10) and training from scratch (one group).
 BOOK_LR_PRETRAINED = 5e-5
@@ -191,7 +191,7 @@ class TrainClassifier(Stage):
     @cached_property
     def folder(self) -> LabelledFolder:
         """The input's classes and splits, scanned once (also before setup: the engine asks split_of first)."""
-        from imgflow.labels import LabelledFolder
+        from imgflow.training.labels import LabelledFolder
 
         root = self.context.input_root
         if root is None:

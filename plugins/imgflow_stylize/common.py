@@ -87,7 +87,7 @@ def load_style_image(path: Path, stage_id: str) -> torch.Tensor:
     import numpy as np
     import torch
 
-    from imgflow.decode import DecodeLimits, decode_file
+    from imgflow.io.decode import DecodeLimits, decode_file
     from imgflow.errors import ItemError
 
     if not path.is_file():

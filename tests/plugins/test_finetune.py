@@ -28,7 +28,7 @@ from PIL import Image
 
 from imgflow import ConfigError, StageContext, models, plugins
 from imgflow.batch import Batch, ImageMeta, Item
-from imgflow.labels import LabelledFolder
+from imgflow.training.labels import LabelledFolder
 from imgflow_finetune import MODELS, networks, registry_name, transforms
 from imgflow_finetune.classify import Classify, ClassifyParams, safe_folder
 from imgflow_finetune.shapes import ShapesSpec, make_shapes

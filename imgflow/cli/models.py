@@ -1,40 +1,19 @@
 """``imgflow models``: list, download, import and locate model weights.
 
-Attached to the main group by imgflow/cli.py. Imports only click here; imgflow.models (which
-itself imports torch only to download or load) is imported inside each command.
+Imports only click here; imgflow.models (which itself imports torch only to download or load)
+is imported inside each command.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-
-def _handled(func: Callable[..., Any]) -> Callable[..., Any]:
-    """imgflow.cli's error handling, looked up at call time: imgflow.cli imports this module,
-    so importing it here at module level would be circular."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from imgflow.cli import handle_errors
-
-        return handle_errors(func)(*args, **kwargs)
-
-    return wrapper
-
-
-def _warn_plugin_failures() -> None:
-    """Plugins whose hooks failed still let the command run; say so on stderr."""
-    from imgflow.plugins import load_failures
-
-    for failure in load_failures():
-        click.echo(f"imgflow: warning: {failure}", err=True)
+from imgflow.cli.app import handle_errors, warn_plugin_failures
 
 
 def _specs(names: tuple[str, ...]) -> list[Any]:
@@ -42,7 +21,7 @@ def _specs(names: tuple[str, ...]) -> list[Any]:
     from imgflow import models
 
     models.registry()
-    _warn_plugin_failures()
+    warn_plugin_failures()
     return [models.get(name) for name in names]
 
 
@@ -68,7 +47,7 @@ def models() -> None:
 
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_handled
+@handle_errors
 def models_list(as_json: bool) -> None:
     """List registered models: name, stage, size (MB), cached or not, and cache path.
 
@@ -79,7 +58,7 @@ def models_list(as_json: bool) -> None:
     from imgflow import models as registry_module
 
     specs = registry_module.registry()
-    _warn_plugin_failures()
+    warn_plugin_failures()
     rows = [registry_module.describe(spec) for _name, spec in sorted(specs.items())]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -100,7 +79,7 @@ def models_list(as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--force", is_flag=True, help="Download again even when a valid copy is cached.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
-@_handled
+@handle_errors
 def models_pull(names: tuple[str, ...], force: bool, progress: bool | None) -> None:
     """Download NAME... into the cache and verify their sha256 (skips valid cached copies).
 
@@ -132,7 +111,7 @@ def models_pull(names: tuple[str, ...], force: bool, progress: bool | None) -> N
 @models.command("import")
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@_handled
+@handle_errors
 def models_import(name: str, file: Path) -> None:
     """Put FILE (downloaded elsewhere) into the cache as model NAME, after checking its sha256.
 
@@ -152,7 +131,7 @@ def models_import(name: str, file: Path) -> None:
 
 @models.command("path")
 @click.argument("name")
-@_handled
+@handle_errors
 def models_path(name: str) -> None:
     """Print where NAME's weights file lives in the cache (whether or not it exists yet).
 

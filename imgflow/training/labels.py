@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgflow.errors import ConfigError
-from imgflow.stage import derive_seed
+from imgflow.seeds import derive_seed
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "val"}
 
@@ -50,7 +50,7 @@ class LabelledFolder:
         """Look at ``root`` (or read ``labels_csv``) and learn the classes.
 
         ``skip``: folders that are not classes (an output folder inside the input folder, which
-        the runner never reads either). Raises ConfigError naming the folder and the layouts it
+        the engine never reads either). Raises ConfigError naming the folder and the layouts it
         accepts when none fits.
         """
         if not 0.0 <= val_fraction < 1.0:

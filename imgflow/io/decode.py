@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import stat
 import struct
 import threading
@@ -77,6 +76,16 @@ from PIL import (  # noqa: F401  (the plugin imports register exactly the format
 
 from imgflow.batch import ImageMeta
 from imgflow.errors import ItemError
+from imgflow.io.decode_errors import (
+    decode_error,
+    memory_error,
+    pixel_bomb,
+    too_large,
+    unidentified,
+    warning_notes,
+)
+from imgflow.io.decode_errors import sniff_format as sniff_format
+from imgflow.io.modes import orient, to_array
 from imgflow.stage import DecodeHint
 
 __all__ = [
@@ -117,7 +126,6 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _ORIENTATION_TAG = 0x0112
-_GRAY16_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,7 @@ def decode_file(path: str | Path, limits: DecodeLimits) -> Decoded:
     try:
         data = _read_capped(Path(path), limits)
     except MemoryError:
-        raise _memory_error(str(path), limits) from None
+        raise memory_error(str(path), limits) from None
     return decode_bytes(data, limits, source=str(path))
 
 
@@ -216,7 +224,7 @@ def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>") -> 
     protection as :func:`decode_file`.
     """
     if len(data) > limits.max_file_bytes:
-        raise _too_large(source, len(data), limits)
+        raise too_large(source, len(data), limits)
     content_hash = hashlib.sha256(data).hexdigest()
     if not data:
         raise ItemError(
@@ -233,16 +241,16 @@ def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>") -> 
         except ItemError:
             raise
         except MemoryError:
-            raise _memory_error(source, limits) from None
+            raise memory_error(source, limits) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _pixel_bomb(source, limits, str(exc)) from None
+            raise pixel_bomb(source, limits, str(exc)) from None
         except UnidentifiedImageError:
-            raise _unidentified(source, data, limits) from None
+            raise unidentified(source, data, limits) from None
         except _DECODE_ERRORS as exc:
-            raise _decode_error(source, exc) from None
+            raise decode_error(source, exc) from None
         except Exception as exc:  # anything else a hostile file provokes is still one bad file
-            raise _decode_error(source, exc) from None
-        meta.notes.extend(_warning_notes(caught, notes))
+            raise decode_error(source, exc) from None
+        meta.notes.extend(warning_notes(caught, notes))
     return Decoded(pixels=pixels, meta=meta, content_hash=content_hash)
 
 
@@ -269,7 +277,7 @@ def _read_capped(path: Path, limits: DecodeLimits) -> bytes:
                     "[input] include so it is not picked up)",
                 )
             if info.st_size > limits.max_file_bytes:
-                raise _too_large(str(path), info.st_size, limits)
+                raise too_large(str(path), info.st_size, limits)
             data = _read_upto(fh, info.st_size, limits.max_file_bytes)
     except ItemError:
         raise
@@ -291,7 +299,7 @@ def _read_capped(path: Path, limits: DecodeLimits) -> bytes:
             "unreadable", f"{path}: cannot read the file: {exc.strerror or exc} (fix: check the disk)"
         ) from None
     if len(data) > limits.max_file_bytes:
-        raise _too_large(str(path), len(data), limits)
+        raise too_large(str(path), len(data), limits)
     return data
 
 
@@ -369,10 +377,10 @@ def _decode(
         _draft(im, limits.hint, notes)
         im.load()
         orientation = _read_orientation(im, notes)
-        pixels, bit_depth = _to_array(im, notes)
+        pixels, bit_depth = to_array(im, notes)
     finally:
         im.close()
-    pixels = np.ascontiguousarray(_orient(pixels, orientation))
+    pixels = np.ascontiguousarray(orient(pixels, orientation))
     meta = ImageMeta(
         width=int(pixels.shape[1]),
         height=int(pixels.shape[0]),
@@ -496,263 +504,3 @@ def _read_orientation(im: Image.Image, notes: list[str]) -> int:
     return 1
 
 
-def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply EXIF orientation so the result is upright (the inverse of how it was stored).
-
-    The table is EXIF's: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
-    7 transverse, 8 rotate 90 counter-clockwise. Done on the array so it works for every dtype.
-    """
-    if orientation == 2:
-        return pixels[:, ::-1]
-    if orientation == 3:
-        return pixels[::-1, ::-1]
-    if orientation == 4:
-        return pixels[::-1, :]
-    if orientation == 5:
-        return pixels.transpose(1, 0, 2)
-    if orientation == 6:
-        return np.rot90(pixels, k=-1)
-    if orientation == 7:
-        return pixels[::-1, ::-1].transpose(1, 0, 2)
-    if orientation == 8:
-        return np.rot90(pixels, k=1)
-    return pixels
-
-
-# --------------------------------------------------------------------------- modes
-
-
-def _to_array(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
-    """Convert a loaded image to one of the four output layouts; returns (pixels, bit_depth)."""
-    mode = im.mode
-    if mode in _GRAY16_MODES:
-        return _gray3(np.asarray(im).astype(np.uint16)), 16
-    if mode == "I":
-        return _gray3(_int_to_u16(np.asarray(im), notes)), 16
-    if mode == "F":
-        return _gray3(_float_to_u16(np.asarray(im), notes)), 16
-    if mode in ("1", "L", "RGB") and "transparency" in im.info:
-        return np.asarray(im.convert("RGBA")), 8  # PNG colour key: that value is transparent
-    if mode in ("1", "L"):
-        return _gray3(np.asarray(im.convert("L"))), 8
-    if mode in ("LA", "La"):
-        la = np.asarray(im if mode == "LA" else im.convert("LA"))
-        return np.concatenate([_gray3(la[..., 0]), la[..., 1:2]], axis=2), 8
-    if mode == "P":
-        target = "RGBA" if im.has_transparency_data else "RGB"
-        return np.asarray(im.convert(target)), 8
-    if mode in ("PA", "RGBa"):
-        return np.asarray(im.convert("RGBA")), 8
-    if mode in ("RGB", "RGBA", "CMYK"):
-        return np.asarray(_to_srgb(im, notes)), 8
-    if mode in ("RGBX", "YCbCr", "LAB", "HSV"):
-        return np.asarray(im.convert("RGB")), 8
-    notes.append(f"unusual mode {mode!r} converted to RGB by Pillow")
-    return np.asarray(im.convert("RGB")), 8
-
-
-def _gray3(gray: np.ndarray) -> np.ndarray:
-    """(H, W) -> (H, W, 3) with three equal channels, as stages expect."""
-    return np.repeat(gray[..., None], 3, axis=2)
-
-
-def _int_to_u16(values: np.ndarray, notes: list[str]) -> np.ndarray:
-    """32-bit integer levels kept when they fit 16 bits; clipped (with a note) when not."""
-    lo, hi = int(values.min()), int(values.max())
-    if lo < 0 or hi > 65535:
-        notes.append(f"32-bit integer values {lo}..{hi} clipped to 0..65535")
-        values = np.clip(values, 0, 65535)
-    return values.astype(np.uint16)
-
-
-def _float_to_u16(values: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Float images: [0, 1] is a normalised intensity, anything else is clipped levels."""
-    values = values.astype(np.float64)
-    nan = np.isnan(values)
-    if nan.any():
-        notes.append(f"{int(nan.sum())} NaN pixel(s) set to 0")
-        values = np.where(nan, 0.0, values)
-    lo, hi = float(values.min()), float(values.max())
-    if 0.0 <= lo and hi <= 1.0:
-        return np.rint(values * 65535.0).astype(np.uint16)
-    if lo < 0.0 or hi > 65535.0:
-        notes.append(f"float values {lo:g}..{hi:g} clipped to 0..65535")
-    return np.rint(np.clip(values, 0.0, 65535.0)).astype(np.uint16)
-
-
-def _to_srgb(im: Image.Image, notes: list[str]) -> Image.Image:
-    """RGB/RGBA/CMYK to sRGB, through the embedded ICC profile when it is not already sRGB."""
-    icc = im.info.get("icc_profile")
-    if not icc:
-        return im.convert("RGB") if im.mode == "CMYK" else im
-    from PIL import ImageCms  # only files that carry a profile pay for littlecms
-
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        name = (ImageCms.getProfileDescription(profile) or "").strip() or "unnamed"
-        if im.mode != "CMYK" and _looks_srgb(name):
-            return im
-        out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
-        transform = ImageCms.buildTransform(profile, _srgb_profile(), im.mode, out_mode)
-        converted = ImageCms.applyTransform(im, transform)
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
-        fallback = "Pillow's CMYK conversion used" if im.mode == "CMYK" else "colours kept as stored"
-        notes.append(f"embedded ICC profile unusable ({exc}); {fallback}")
-        return im.convert("RGB") if im.mode == "CMYK" else im
-    assert converted is not None
-    notes.append(f"converted from ICC profile '{name}' to sRGB")
-    return converted
-
-
-def _looks_srgb(description: str) -> bool:
-    """sRGB profiles (the camera default) need no transform; trust their description."""
-    text = description.lower()
-    return "srgb" in text and "linear" not in text
-
-
-_srgb_cache: list[object] = []
-
-
-def _srgb_profile() -> object:
-    """The built-in sRGB profile, created once per process."""
-    if not _srgb_cache:
-        from PIL import ImageCms
-
-        _srgb_cache.append(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")))
-    return _srgb_cache[0]
-
-
-# --------------------------------------------------------------------------- error messages
-
-
-def _too_large(source: str, size: int, limits: DecodeLimits) -> ItemError:
-    """file_too_large, naming the size, the cap and the setting that raises it."""
-    cap_mb = limits.max_file_bytes / 1024**2
-    return ItemError(
-        "file_too_large",
-        f"{source}: file is {size:,} bytes ({size / 1024**2:.1f} MB), over the cap of "
-        f"{limits.max_file_bytes:,} bytes ({cap_mb:g} MB) (fix: raise [run] max_file_mb if the "
-        "file is genuine)",
-    )
-
-
-def _pixel_bomb(source: str, limits: DecodeLimits, detail: str) -> ItemError:
-    """Pillow refused a size (on open, or while loading a frame or tile): say it in our terms."""
-    found = re.search(r"Image size \((\d+) pixels\)", detail)
-    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-    return ItemError(
-        "too_many_pixels",
-        f"{source}: image is {size}, over the cap of {limits.max_pixels:,} pixels (fix: raise "
-        "[run] max_pixels if the file is genuine, or remove it: a small file claiming huge "
-        "dimensions is a decompression bomb)",
-    )
-
-
-def _memory_error(source: str, limits: DecodeLimits) -> ItemError:
-    """memory_limit, naming the per-worker cap that was hit."""
-    cap = f"the per-worker cap of {limits.memory_mb} MB" if limits.memory_mb else "available memory"
-    return ItemError(
-        "memory_limit",
-        f"{source}: decoding needed more than {cap} (fix: raise [run] worker_memory_mb, lower "
-        "[run] max_pixels to refuse such files up front, or remove the file)",
-    )
-
-
-def _decode_error(source: str, exc: BaseException) -> ItemError:
-    """decode_error, keeping the exception type and text (they say what was damaged)."""
-    text = str(exc) or "no detail"
-    return ItemError(
-        "decode_error",
-        f"{source}: cannot decode: {type(exc).__name__}: {text} (fix: the file is damaged or "
-        "truncated; copy or export it again)",
-    )
-
-
-def _unidentified(source: str, data: bytes, limits: DecodeLimits) -> ItemError:
-    """Pillow found no allowed format: say what the file looks like, and whether that is damage."""
-    detected = sniff_format(data)
-    allowed = ", ".join(limits.formats)
-    if detected in limits.formats:
-        return ItemError(
-            "decode_error",
-            f"{source}: starts like a {detected} file but its header is damaged "
-            f"({_header_problem(data, detected)}) (fix: copy or export the file again)",
-        )
-    what = f"detected format {detected}" if detected else "not a recognised image"
-    return ItemError(
-        "unsupported_format",
-        f"{source}: {what}; imgflow reads {allowed} (fix: convert the file to one of those, or "
-        "leave it out with [input] include)",
-    )
-
-
-def _header_problem(data: bytes, fmt: str) -> str:
-    """Why ``fmt``'s opener rejected the header (Image.open keeps that reason to itself).
-
-    Runs the same header parser Image.open already ran on these bytes, only to get its message.
-    """
-    opener = Image.OPEN.get(fmt)
-    if opener is None:
-        return "no detail"
-    try:
-        opener[0](io.BytesIO(data), "").close()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return "no detail"
-
-
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-    (b"II+\x00", 0, "TIFF"),
-    (b"MM\x00+", 0, "TIFF"),
-    (b"BM", 0, "BMP"),
-    (b"WEBP", 8, "WEBP"),
-    (b"%!PS", 0, "EPS"),
-    (b"\xc5\xd0\xd3\xc6", 0, "EPS"),
-    (b"%PDF", 0, "PDF"),
-    (b"8BPS", 0, "PSD"),
-    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG2000"),
-    (b"\xff\x4f\xff\x51", 0, "JPEG2000"),
-    (b"ftypheic", 4, "HEIC"),
-    (b"ftypheix", 4, "HEIC"),
-    (b"ftypmif1", 4, "HEIF"),
-    (b"ftypavif", 4, "AVIF"),
-    (b"qoif", 0, "QOI"),
-    (b"icns", 0, "ICNS"),
-    (b"DDS ", 0, "DDS"),
-    (b"SIMPLE  ", 0, "FITS"),
-    (b"<svg", 0, "SVG"),
-    (b"<?xml", 0, "XML/SVG"),
-)
-
-
-def sniff_format(data: bytes) -> str | None:
-    """A format name guessed from magic bytes, without running any decoder (for messages)."""
-    for magic, offset, name in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            return name
-    if len(data) >= 2 and data[:1] == b"P" and data[1:2] in b"123456":
-        return "PPM"
-    return None
-
-
-_CODE_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
-
-
-def _warning_notes(caught: list[warnings.WarningMessage], notes: list[str]) -> list[str]:
-    """Pillow's warnings (corrupt EXIF and the like) as short, de-duplicated notes."""
-    seen = set(notes)
-    extra: list[str] = []
-    for item in caught:
-        if issubclass(item.category, _CODE_WARNINGS):
-            continue  # about Pillow's API, not about this file
-        text = f"{item.category.__name__}: {str(item.message).strip()}"[:200]
-        if text not in seen:
-            seen.add(text)
-            extra.append(text)
-    return extra

@@ -1,35 +1,24 @@
 """The decode pool: image files decoded in worker processes, so one bad file costs one file.
 
 Pillow's C decoders run on hostile bytes; a decoder that segfaults, aborts, loops forever or gets
-OOM-killed must not take the run with it. So decoding happens in worker processes and the parent
-(this module) only hands out paths and collects results:
+OOM-killed must not take the run with it. So decoding happens in worker processes
+(:mod:`imgflow.io.decode_worker`) and the parent (this module) only hands out paths and collects
+results:
 
 * Each worker has its own duplex pipe. The parent always knows which tasks a worker holds, in
   order; a worker decodes them first-in first-out, so the oldest task it holds is the one it is
   decoding now.
-* Pixels come back through ``multiprocessing.shared_memory``: the parent names the block in the
-  task, the worker creates it, writes the pixels and sends only name, shape, dtype and meta; the
-  parent copies them into a fresh array and unlinks the block. Because the parent chose the
-  name, it can also unlink a block that a dying worker left behind: nothing leaks in /dev/shm.
+* Pixels come back as an anonymous memory file whose descriptor travels over the pipe
+  (:mod:`imgflow.io.pixel_ipc`); the parent maps it without a copy. Nothing is ever named in
+  /dev/shm, so neither a dying worker nor a SIGKILLed run can leave memory behind.
 * A worker that dies costs the task it was decoding (``decoder_crash``, naming the signal or exit
   status); the other tasks it held go to a fresh worker. A task that runs past ``timeout_s`` has
   its worker killed (``decoder_timeout``). Every task yields exactly one outcome.
 * Tasks are pulled from the caller's iterable lazily: at most ``workers * prefetch`` are between
   "taken from the iterable" and "yielded back", however long the folder is.
 
-Workers start with the "forkserver" method on Linux (the server preloads :mod:`imgflow.decode`,
-so replacing a dead worker is a fork, not a fresh interpreter) and "spawn" elsewhere.
-
-Test hook (test-only, never set it in production): ``IMGFLOW_TEST_CRASH_ON`` makes a worker
-misbehave on purpose when the name of the file it is about to decode contains a substring. The
-value is a comma-separated list of ``action:substring`` (a bare ``substring`` means ``segv``).
-Actions, all before decoding: ``segv`` (SIGSEGV), ``abort`` (SIGABRT), ``exit`` (``os._exit(3)``),
-``kill`` (SIGKILL, as the OOM killer does), ``hang`` (sleep forever) and ``slow`` (sleep 0.5 s,
-then go on). With the suffix ``_after_export`` (``segv_after_export``) the action fires after the
-pixels are in shared memory, before the reply. The variable is copied from the parent's
-environment when each worker starts (a forkserver child would otherwise see the environment of
-the moment the server started) and acted on only inside the worker; the decode path in the parent
-never consults it. No input file, pipeline key or CLI option can reach it.
+Workers start with the "forkserver" method on Linux (the server preloads the worker module, so
+replacing a dead worker is a fork, not a fresh interpreter) and "spawn" elsewhere.
 
 Like any multiprocessing code, a script that uses the pool must guard its entry point with
 ``if __name__ == "__main__":`` (the workers import the main module).
@@ -49,193 +38,23 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import numpy as np
-
-try:  # POSIX only; used to unlink a block that is too broken to attach to
-    import _posixshmem
-except ImportError:  # pragma: no cover - Windows
-    _posixshmem = None
-
-from imgflow.decode import DecodeLimits, Decoded, apply_memory_cap, decode_file
 from imgflow.errors import ItemError
+from imgflow.io import pixel_ipc
+from imgflow.io.decode import DecodeLimits, Decoded
+from imgflow.io.decode_worker import ENV_TEST_CRASH_ON, worker_main
 
 __all__ = ["DecodePool", "ENV_TEST_CRASH_ON", "Outcome"]
 
 K = TypeVar("K")
-
-#: Test-only hook, see the module docstring.
-ENV_TEST_CRASH_ON = "IMGFLOW_TEST_CRASH_ON"
 
 #: What :meth:`DecodePool.imap_unordered` yields: (key, Decoded or ItemError, decode seconds).
 Outcome = tuple[Any, "Decoded | ItemError", float]
 
 _SHUTDOWN_GRACE_S = 2.0
 _END = object()
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-def _worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None) -> None:
-    """Decode tasks from ``conn`` until told to stop or the parent goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _no_core_dumps()
-    _quiet_stderr()
-    apply_memory_cap(limits)
-    hooks = _parse_crash_hooks(crash_on)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return  # parent closed the pipe or died
-        if task is None:
-            return
-        task_id, path, shm_name = task
-        if hooks:
-            _misbehave(path, hooks, after_export=False)
-        reply = _decode_task(task_id, path, shm_name, limits)
-        if hooks:
-            _misbehave(path, hooks, after_export=True)
-        try:
-            conn.send(reply)
-        except (BrokenPipeError, OSError):
-            return
-
-
-def _decode_task(task_id: int, path: str, shm_name: str, limits: DecodeLimits) -> tuple:
-    """Decode one file and park its pixels in shared memory; never raises."""
-    start = time.perf_counter()
-    try:
-        decoded = decode_file(path, limits)
-        _export_pixels(decoded.pixels, shm_name)
-        seconds = time.perf_counter() - start
-        pixels = decoded.pixels
-        meta, digest = decoded.meta, decoded.content_hash
-        return ("ok", task_id, seconds, pixels.shape, pixels.dtype.str, meta, digest)
-    except ItemError as exc:
-        return ("err", task_id, time.perf_counter() - start, exc)
-    except MemoryError:
-        cap = f"{limits.memory_mb} MB" if limits.memory_mb else "no cap"
-        error = ItemError(
-            "memory_limit",
-            f"{path}: out of memory handing the pixels back (per-worker cap: {cap}) (fix: raise "
-            "[run] worker_memory_mb or lower [run] max_pixels)",
-        )
-        return ("err", task_id, time.perf_counter() - start, error)
-    except Exception as exc:  # e.g. /dev/shm full: still one file, still reported
-        error = ItemError(
-            "decode_error",
-            f"{path}: could not hand the decoded pixels back: {type(exc).__name__}: {exc} "
-            "(fix: check free space in /dev/shm)",
-        )
-        return ("err", task_id, time.perf_counter() - start, error)
-
-
-def _export_pixels(pixels: np.ndarray, shm_name: str) -> None:
-    """Copy pixels into a new shared-memory block the parent will read and unlink."""
-    shm = SharedMemory(name=shm_name, create=True, size=max(1, pixels.nbytes))
-    try:
-        _copy_into(shm.buf, pixels)
-    except BaseException:
-        shm.unlink()
-        _close_quietly(shm)
-        raise
-    shm.close()
-
-
-def _copy_into(buf: memoryview, pixels: np.ndarray) -> None:
-    """Write through a temporary array view that never outlives this call.
-
-    A mapping cannot be closed while an array still points into it; keeping the view out of any
-    named variable means not even a traceback can keep it alive.
-    """
-    np.ndarray(pixels.shape, dtype=pixels.dtype, buffer=buf)[...] = pixels
-
-
-def _copy_out(buf: memoryview, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """A private copy of the pixels in ``buf`` (the view is temporary, as in _copy_into)."""
-    return np.ndarray(shape, dtype=np.dtype(dtype), buffer=buf).copy()
-
-
-def _close_quietly(shm: SharedMemory) -> None:
-    """Unmap a block in cleanup paths, where a failure to unmap must not hide the real error."""
-    try:
-        shm.close()
-    except BufferError:  # pragma: no cover - a view survived; the process exit unmaps it
-        pass
-
-
-def _quiet_stderr() -> None:
-    """Send the worker's fd 2 to /dev/null.
-
-    C libraries (libtiff above all) print their own complaints about damaged files straight to
-    stderr, once per bad file and without naming it; under cron that is mail noise. Every outcome
-    already reaches the parent as an ItemError that names the file, so nothing is lost.
-    """
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-    except OSError:  # pragma: no cover - keep the inherited stderr
-        pass
-
-
-def _no_core_dumps() -> None:
-    """A crashing decoder should not leave a multi-gigabyte core file per bad image."""
-    try:
-        import resource
-
-        _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
-    except (ImportError, ValueError, OSError):  # pragma: no cover - platform without it
-        pass
-
-
-def _parse_crash_hooks(value: str | None) -> list[tuple[str, str]]:
-    """``"segv:a,hang:b,c"`` -> [("segv", "a"), ("hang", "b"), ("segv", "c")] (test-only)."""
-    hooks = []
-    for part in (value or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        action, sep, needle = part.partition(":")
-        if not sep:
-            action, needle = "segv", part
-        hooks.append((action.strip().lower(), needle))
-    return hooks
-
-
-def _misbehave(path: str, hooks: list[tuple[str, str]], after_export: bool) -> None:
-    """Crash or hang on purpose when a test asked for it (see ENV_TEST_CRASH_ON).
-
-    Actions fire before decoding; an action with the suffix ``_after_export`` fires after the
-    pixels are in shared memory but before the reply is sent (to test block cleanup).
-    """
-    name = os.path.basename(path)
-    for action, needle in hooks:
-        if action.endswith("_after_export") != after_export:
-            continue
-        action = action.removesuffix("_after_export")
-        if needle and needle in name:
-            if action == "segv":
-                os.kill(os.getpid(), signal.SIGSEGV)
-            elif action == "abort":
-                os.abort()
-            elif action == "exit":
-                os._exit(3)
-            elif action == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            elif action == "hang":
-                while True:
-                    time.sleep(3600)
-            elif action == "slow":
-                time.sleep(0.5)
-                continue  # then decode (or obey the next matching action)
-            time.sleep(5)  # a signal is delivered asynchronously; never decode after it
 
 
 # --------------------------------------------------------------------------- parent side
@@ -246,7 +65,6 @@ class _Task(Generic[K]):
     id: int
     key: K
     path: str
-    shm_name: str
 
 
 @dataclass
@@ -262,7 +80,7 @@ def _context() -> Any:
     """forkserver (preloading the decoder) on Linux; spawn where forkserver is unavailable."""
     if sys.platform.startswith("linux") and "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["imgflow.decodepool"])
+        ctx.set_forkserver_preload(["imgflow.io.decode_worker"])
         return ctx
     return mp.get_context("spawn")
 
@@ -294,8 +112,9 @@ class DecodePool:
         self.limits = limits
         self.timeout_s = float(timeout_s)
         self.prefetch = prefetch
-        #: Every shared-memory block this pool names starts with this (tests check /dev/shm).
-        self.shm_prefix = f"ifd{os.getpid():x}{secrets.token_hex(3)}_"
+        #: The name every worker gives its pixel memory files (visible in /proc/PID/fd as
+        #: "/memfd:<name>"), so a leak would be attributable; tests look for it.
+        self.ipc_name = f"imgflow-pixels-{os.getpid():x}{secrets.token_hex(3)}"
         self.replacements = 0  # workers started to replace dead or killed ones
         self.requeued = 0  # tasks handed to a fresh worker after theirs died holding them
         self._ctx = _context()
@@ -375,7 +194,7 @@ class DecodePool:
         return in_order()
 
     def close(self) -> None:
-        """Stop every worker (gracefully, then by force) and remove any leftover pixel blocks."""
+        """Stop every worker (gracefully, then by force) ."""
         if self._closed:
             return
         self._closed = True
@@ -435,15 +254,10 @@ class DecodePool:
                 self._abandon(pending)
 
     def _new_task(self, key: K, path: str | Path) -> _Task:
-        """A task with a pool-unique id and the name of the block its pixels will use."""
+        """A task with a pool-unique id."""
         self._serial += 1
         # Absolute: a forkserver child's working directory is the server's, not ours.
-        return _Task(self._serial, key, os.path.abspath(os.fspath(path)), self._shm_name())
-
-    def _shm_name(self) -> str:
-        """A fresh block name; the parent names blocks so it can always clean them up."""
-        self._serial += 1
-        return f"{self.shm_prefix}{self._serial:x}"
+        return _Task(self._serial, key, os.path.abspath(os.fspath(path)))
 
     def _dispatch(self, pending: deque[_Task]) -> None:
         """Hand pending tasks to the least-loaded live workers that have room."""
@@ -454,7 +268,7 @@ class DecodePool:
             worker = min(room, key=lambda w: len(w.held))
             task = pending.popleft()
             try:
-                worker.conn.send((task.id, task.path, task.shm_name))
+                worker.conn.send((task.id, task.path))
             except (OSError, ValueError):  # the worker is gone; it never saw this task
                 pending.appendleft(task)
                 worker.dead = True
@@ -501,16 +315,24 @@ class DecodePool:
         return outcomes
 
     def _receive(self, worker: _Worker, reply: tuple) -> Outcome:
-        """Turn one worker reply (for its oldest task) into an outcome, collecting the pixels."""
+        """Turn one worker reply (for its oldest task) into an outcome, collecting the pixels.
+
+        The pixels' descriptor is taken off the pipe before the task leaves ``held``: a worker that
+        dies between its reply and the descriptor is then charged with the task, as any crash.
+        """
+        fd = pixel_ipc.receive_fd(worker.conn) if reply[0] == "ok" and reply[7] is None else None
         task = worker.held.popleft()
         worker.head_since = time.monotonic()  # the worker starts its next task right away
         if reply[1] != task.id:  # pragma: no cover - protocol invariant
             raise RuntimeError(f"decode worker answered task {reply[1]}, expected {task.id}")
         if reply[0] == "err":
             return task.key, reply[3], float(reply[2])
-        _, _, seconds, shape, dtype, meta, content_hash = reply
+        _, _, seconds, shape, dtype, meta, content_hash, payload = reply
         try:
-            pixels = _import_pixels(task.shm_name, shape, dtype)
+            if fd is not None:
+                pixels = pixel_ipc.import_fd(fd, shape, dtype)
+            else:
+                pixels = pixel_ipc.import_bytes(payload, shape, dtype)
         except MemoryError:
             error = ItemError(
                 "memory_limit",
@@ -537,7 +359,7 @@ class DecodePool:
             "stopped (fix: check the file; if it is genuine and huge, raise [run] "
             "decode_timeout_s)",
         )
-        self._retire(worker, pending, extra=[task])
+        self._retire(worker, pending)
         return [(task.key, error, elapsed)]
 
     def _replace(
@@ -547,10 +369,8 @@ class DecodePool:
         elapsed = time.monotonic() - worker.head_since
         self._kill(worker)  # reap it (it is dead already, or its pipe is broken)
         outcomes = []
-        charged: list[_Task] = []
         if charge and worker.held:
             task = worker.held.popleft()
-            charged.append(task)
             reason = _describe_exit(worker.process.exitcode)
             error = ItemError(
                 "decoder_crash",
@@ -559,17 +379,14 @@ class DecodePool:
                 "or hostile; check or re-export it)",
             )
             outcomes.append((task.key, error, elapsed))
-        self._retire(worker, pending, extra=charged)
+        self._retire(worker, pending)
         return outcomes
 
-    def _retire(self, worker: _Worker, pending: deque[_Task], extra: list[_Task]) -> None:
+    def _retire(self, worker: _Worker, pending: deque[_Task]) -> None:
         """Clean up after a stopped worker and put a fresh one in its place."""
         requeue = list(worker.held)
         worker.held.clear()
-        for task in extra + requeue:
-            _discard_block(task.shm_name)
         for task in reversed(requeue):
-            task.shm_name = self._shm_name()  # never reuse a name a dead worker may have made
             pending.appendleft(task)
         self.requeued += len(requeue)
         worker.conn.close()
@@ -579,14 +396,12 @@ class DecodePool:
         self.replacements += 1
 
     def _abandon(self, pending: deque[_Task]) -> None:
-        """The consumer stopped early: stop the workers still decoding for it, drop their blocks."""
+        """The consumer stopped early: stop the workers still decoding for it."""
         pending.clear()
         for index, worker in enumerate(self._pool):
             if not worker.held:
                 continue
             self._kill(worker)
-            for task in worker.held:
-                _discard_block(task.shm_name)
             worker.held.clear()
             worker.conn.close()
             worker.process.close()
@@ -601,8 +416,8 @@ class DecodePool:
         """Start one worker with its own pipe; the test hook is copied in from our environment."""
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
-            target=_worker_main,
-            args=(child_end, self.limits, os.environ.get(ENV_TEST_CRASH_ON)),
+            target=worker_main,
+            args=(child_end, self.limits, os.environ.get(ENV_TEST_CRASH_ON), self.ipc_name),
             name="imgflow-decode",
             daemon=True,
         )
@@ -617,45 +432,14 @@ class DecodePool:
         worker.process.join(5.0)
 
     def _stop(self, worker: _Worker) -> None:
-        """Used by close(): kill if still running, drop its blocks, close its pipe."""
+        """Used by close(): kill if still running, close its pipe."""
         self._kill(worker)
-        for task in worker.held:
-            _discard_block(task.shm_name)
         worker.held.clear()
         worker.conn.close()
         try:
             worker.process.close()
         except ValueError:  # pragma: no cover - still running after kill + join
             pass
-
-
-def _import_pixels(shm_name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """Copy pixels out of a worker's block and unlink it (always, even if the copy fails)."""
-    shm = SharedMemory(name=shm_name)
-    try:
-        return _copy_out(shm.buf, shape, dtype)
-    finally:
-        shm.unlink()
-        _close_quietly(shm)
-
-
-def _discard_block(shm_name: str) -> None:
-    """Unlink a block a stopped worker may have created (attach + unlink keeps the tracker even)."""
-    try:
-        shm = SharedMemory(name=shm_name)
-    except FileNotFoundError:
-        return
-    except ValueError:  # created but still empty (killed before sizing it): unlink by name
-        try:
-            if _posixshmem is not None:
-                _posixshmem.shm_unlink("/" + shm_name)
-        except OSError:
-            pass
-        return
-    except OSError:
-        return
-    shm.close()
-    shm.unlink()
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -670,3 +454,4 @@ def _describe_exit(exitcode: int | None) -> str:
         hint = " (likely the out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
         return f"was killed by {name}{hint}"
     return f"exited with status {exitcode}"
+

@@ -1,0 +1,80 @@
+"""The sections of a pipeline file as pydantic models: every key, its type, default and meaning.
+
+Unknown keys are rejected (``extra="forbid"``); the validator in :mod:`imgflow.config.validate`
+turns pydantic's errors into problems that name the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from imgflow.io.naming import DEFAULT_TEMPLATE
+from imgflow.io.source import DEFAULT_INCLUDE
+
+DEFAULT_NAMING = DEFAULT_TEMPLATE
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2)))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PipelineSection(_Section):
+    name: str | None = Field(None, description="Name shown in logs and the manifest; defaults to the file name.")
+    description: str = Field("", description="What the pipeline is for.")
+    seed: int | None = Field(None, description="Alias of [run] seed.")
+
+
+class InputSection(_Section):
+    path: str = Field(..., description="Folder of images to read (relative to the pipeline file).")
+    include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE),
+                               description="Glob patterns (** for any folders), case-insensitive.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns to leave out.")
+    recursive: bool = Field(True, description="Walk sub-folders.")
+
+
+class OutputSection(_Section):
+    path: str = Field(..., description="Output root (relative to the pipeline file).")
+    format: Literal["jpeg", "png", "webp", "tiff", "same"] = Field(
+        "same", description="Image format of outputs; 'same' keeps the input's format.")
+    quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality.")
+    naming: str = Field(DEFAULT_NAMING, description="Output file name template in the mirrored folder.")
+    overwrite: Literal["replace", "never"] = Field(
+        "replace", description="'never' refuses to replace a file imgflow did not write for that item.")
+    bit_depth: Literal[8, 16, "same"] = Field(
+        8, description="8, 16 (PNG/TIFF), or 'same' to keep 16-bit inputs 16-bit.")
+    manifest: bool = Field(True, description="Write manifest.jsonl and run-summary.json.")
+
+
+class RunSection(_Section):
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Images per batch on the device.")
+    workers: int = Field(default_factory=_default_workers, ge=1, le=256,
+                         description="Decode worker processes (and encode threads).")
+    seed: int = Field(0, description="Seed for every random draw (per item, reproducible).")
+    max_pixels: int = Field(100_000_000, ge=1, description="Refuse images with more pixels (decompression bombs).")
+    max_file_mb: float = Field(512, gt=0, description="Refuse files larger than this many MiB.")
+    worker_memory_mb: int | None = Field(4096, ge=64, description="Address-space cap per decode worker.")
+    decode_timeout_s: float = Field(120.0, gt=0, description="Kill a decode worker stuck this long on one file.")
+    prefetch_mb: float = Field(256, gt=0, description="Decoded pixels held ahead of the stages (MiB).")
+    decode_downscale: bool = Field(
+        True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
+    checkpoint_every: int = Field(
+        200, ge=0, description="Training runs: checkpoint every this many steps, besides every epoch end (0: epoch ends only).")
+
+
+SECTION_MODELS: dict[str, type[_Section]] = {
+    "pipeline": PipelineSection,
+    "input": InputSection,
+    "output": OutputSection,
+    "run": RunSection,
+}
+TOP_LEVEL_KEYS = [*SECTION_MODELS, "stages"]

@@ -1,0 +1,117 @@
+"""The plan: what a run will do, decided before anything is decoded (DESIGN.md §2).
+
+The input folder is walked lazily and each file is checked against the state store: a file that
+is already done with the same pipeline fingerprint, size and mtime (or, when only touched, the
+same content) is skipped without being read. What remains are :class:`WorkItem` s, handed to an
+executor. On the Ray executor the plan runs on the driver, so a rerun over a million done items
+dispatches nothing and needs no checkpointing of Ray's own.
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imgflow.config import Pipeline
+    from imgflow.engine.results import RunOptions
+    from imgflow.io.decode import DecodeLimits
+    from imgflow.io.source import SourceFile
+    from imgflow.stage import DecodeHint
+    from imgflow.state import PriorItem, StateStore
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """An input file chosen for processing, with what the store knew about it."""
+
+    source: SourceFile
+    prior: PriorItem | None
+
+    @property
+    def relpath(self) -> str:
+        return self.source.relpath
+
+
+class Selector:
+    """Decides, per input file, whether this run must process it (incremental runs)."""
+
+    def __init__(self, store: StateStore, fingerprint: str, options: RunOptions) -> None:
+        self.store = store
+        self.fingerprint = fingerprint
+        self.options = options
+        self.skipped = 0
+
+    def wants(self, sf: SourceFile) -> WorkItem | None:
+        prior = self.store.lookup(sf.relpath)
+        if self.options.retry_failed:
+            return WorkItem(sf, prior) if prior is not None and prior.status == "failed" else self._skip()
+        if self.options.force or prior is None:
+            return WorkItem(sf, prior)
+        if prior.fingerprint != self.fingerprint:
+            return WorkItem(sf, prior)
+        if (prior.size, prior.mtime_ns) != (sf.size, sf.mtime_ns) and not same_content(sf, prior):
+            return WorkItem(sf, prior)
+        return self._skip()
+
+    def _skip(self) -> None:
+        self.skipped += 1
+        return None
+
+
+def same_content(sf: SourceFile, prior: PriorItem) -> bool:
+    """A touched-but-unchanged file (copied, restored) need not run again."""
+    if prior.size != sf.size or not prior.content_hash:
+        return False
+    digest = hashlib.sha256()
+    try:
+        with open(sf.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return False
+    return digest.hexdigest() == prior.content_hash
+
+
+class Plan:
+    """The work of one run: the input walk filtered by the state store, produced lazily.
+
+    Iterate :meth:`items` once; :attr:`skipped` counts what the filter left out so far.
+    """
+
+    def __init__(self, pipeline: Pipeline, store: StateStore, fingerprint: str, options: RunOptions) -> None:
+        self.pipeline = pipeline
+        self.selector = Selector(store, fingerprint, options)
+
+    @property
+    def skipped(self) -> int:
+        return self.selector.skipped
+
+    def items(self) -> Iterator[WorkItem]:
+        """Every input this run must process, in the walk's stable order."""
+        for sf in walk_pipeline_inputs(self.pipeline):
+            work = self.selector.wants(sf)
+            if work is not None:
+                yield work
+
+
+def walk_pipeline_inputs(pipeline: Pipeline) -> Iterator[SourceFile]:
+    """The pipeline's input files (include/exclude, recursion), never its own output folder."""
+    from imgflow.io.source import walk_inputs
+
+    p = pipeline
+    return walk_inputs(p.input_path, include=p.include, exclude=p.exclude, recursive=p.recursive,
+                       skip_dirs=[p.output_path])
+
+
+def decode_limits(pipeline: Pipeline, hint: DecodeHint | None) -> DecodeLimits:
+    """The decoder's caps from ``[run]``, plus the first stage's size hint when allowed."""
+    from imgflow.io.decode import DecodeLimits
+
+    run = pipeline.run
+    return DecodeLimits(max_pixels=run.max_pixels, max_file_bytes=int(run.max_file_mb * 1024 * 1024),
+                        memory_mb=run.worker_memory_mb, hint=hint if run.decode_downscale else None)

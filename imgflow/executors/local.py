@@ -1,0 +1,177 @@
+"""The local executor: one machine, processes for decoding, threads for writing (DESIGN.md §2).
+
+Threads and processes, and why:
+  feeder thread   walks the plan lazily (state lookups and directory walking overlap with
+                  compute) and feeds the decode pool (:class:`imgflow.io.prefetch.Prefetcher`).
+  decode workers  separate processes (:mod:`imgflow.io.decodepool`): a decoder crash costs one file.
+  main thread     batches decoded items, runs the stage chain (torch uses its own intra-op
+                  threads) and records finished items in SQLite. Only this thread touches stages.
+  writer threads  encode and write outputs atomically; Pillow releases the GIL while encoding.
+Every hand-off is bounded (bytes of decoded pixels, writes in flight), so memory does not grow
+with the number of files.
+
+An item is recorded "done" only after all its outputs were renamed into place, so a run killed
+at any instant leaves no partial file under a final name and, rerun, redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from imgflow.errors import ItemError
+from imgflow.executors.base import Job
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imgflow.batch import Item
+    from imgflow.engine.chain import ChainResult
+    from imgflow.engine.plan import WorkItem
+
+
+@dataclass
+class _Decoded:
+    """A decoded input waiting for its batch (kept decoded so a failing batch can be retried)."""
+
+    work: WorkItem
+    decode_s: float
+
+
+class LocalExecutor:
+    """Runs a job's plan through its chain on this machine; see the module docstring."""
+
+    name = "local"
+
+    def execute(self, job: Job) -> None:
+        from imgflow.engine.chain import ChainInput
+        from imgflow.engine.progress import Progress
+        from imgflow.io.prefetch import END, Prefetcher
+
+        items = job.plan.items()
+        first = next(items, None)
+        if first is None:  # nothing new: no torch, no workers, no weights
+            job.recorder.skipped(job.plan.skipped)
+            return
+        run = job.pipeline.run
+        batch_size = job.chain.batch_size(run.batch_size)
+        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch),
+                              max_bytes=int(run.prefetch_mb * 1024 * 1024), min_items=max(4, batch_size * 2))
+        # Decoding starts first, so worker start-up and the first decodes overlap with importing
+        # torch and loading weights. Nothing is recorded until the stages are ready, so a setup
+        # failure (missing weights, no CUDA) still fails the run before any item is processed.
+        with prefetch, _Writers(job, run.workers) as writers:
+            job.chain.setup()
+            job.recorder.progress = Progress(job.pipeline.name, job.options.progress)
+            pending: list[ChainInput] = []
+            while (got := prefetch.get()) is not END:
+                work, outcome, seconds = got
+                if isinstance(outcome, ItemError):
+                    job.recorder.failed(work.source, outcome, {"decode_s": round(seconds, 4)})
+                else:
+                    pending.append(ChainInput(_Decoded(work, seconds), work.relpath, outcome))
+                    if len(pending) >= batch_size:
+                        writers.submit(job.chain.run(pending))
+                        pending = []
+                writers.drain(block=False)
+            if pending:
+                writers.submit(job.chain.run(pending))
+        job.recorder.skipped(job.plan.skipped)
+
+    @staticmethod
+    def _decode_stream(job: Job, first: WorkItem, rest: Iterator[WorkItem], prefetch: Any) -> Iterator[Any]:
+        """Runs on the feeder thread: the plan's items through a decode pool, in completion order."""
+        from imgflow.engine.plan import decode_limits
+        from imgflow.io.decodepool import DecodePool
+
+        def works() -> Iterator[tuple[WorkItem, Any]]:
+            yield first, first.source.path
+            for work in rest:
+                if prefetch.stopping:
+                    return
+                yield work, work.source.path
+
+        run = job.pipeline.run
+        with DecodePool(workers=run.workers, limits=decode_limits(job.pipeline, job.chain.decode_hint()),
+                        timeout_s=run.decode_timeout_s) as pool:
+            yield from pool.imap_unordered(works())
+
+
+class _Writers:
+    """Writer threads: encode and write each input's items, then hand them back for recording.
+
+    At most ``2 x workers`` inputs wait for a writer; finished writes are recorded by the main
+    thread (:meth:`drain`), the only thread that touches the state store's writing side.
+    """
+
+    def __init__(self, job: Job, workers: int) -> None:
+        self.job = job
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgflow-writer")
+        self.in_flight = threading.BoundedSemaphore(workers * 2)
+        self.done: queue.Queue = queue.Queue()
+
+    def __enter__(self) -> _Writers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+        self.drain(block=False)
+
+    def submit(self, results: list[ChainResult]) -> None:
+        """Record the inputs the chain failed; queue the others for writing."""
+        for result in results:
+            decoded: _Decoded = result.input.key
+            timings = {"decode_s": round(decoded.decode_s, 4)}
+            if result.error is not None:
+                self.job.recorder.failed(decoded.work.source, result.error, timings)
+                continue
+            timings["stages_s"] = round(result.stages_s, 4)
+            self.in_flight.acquire()  # bounded: at most 2 x workers inputs wait for a writer
+            future = self.pool.submit(self._write, result)
+            future.add_done_callback(lambda f, r=result, t=timings: (self.done.put((r, t, f)),
+                                                                      self.in_flight.release()))
+            self.drain(block=False)
+
+    def _write(self, result: ChainResult) -> tuple[list[str], float]:
+        import time
+
+        decoded: _Decoded = result.input.key
+        prior = decoded.work.prior
+        started = time.perf_counter()
+        written = self.job.writer.write(decoded.work.relpath, result.input.decoded.meta,
+                                        prior.outputs if prior else [], result.items)
+        return written, time.perf_counter() - started
+
+    def drain(self, block: bool) -> None:
+        """Record every finished write (done, or failed with write_error / output_exists)."""
+        while True:
+            try:
+                result, timings, future = self.done.get(block=block, timeout=0.1 if block else None)
+            except queue.Empty:
+                return
+            self._record(result, timings, future)
+
+    def _record(self, result: ChainResult, timings: dict[str, float], future: Future) -> None:
+        decoded: _Decoded = result.input.key
+        work = decoded.work
+        exc = future.exception()
+        if exc is not None:
+            error = exc if isinstance(exc, ItemError) else ItemError("write_error", f"{type(exc).__name__}: {exc}")
+            self.job.recorder.failed(work.source, error, timings)
+        else:
+            outputs, write_s = future.result()
+            self.job.recorder.done(work.source, outputs=outputs, results=merge_results(result.items),
+                                   timings={**timings, "write_s": round(write_s, 4)},
+                                   meta=result.input.decoded.meta.to_dict(),
+                                   content_hash=result.input.decoded.content_hash)
+        self.job.writer.claims.release(work.relpath)
+
+
+def merge_results(items: list[Item]) -> dict[str, Any]:
+    """One manifest record per input: fan-out children's results are listed per variant."""
+    if len(items) == 1:
+        return items[0].results
+    merged = {item.variant or "_": item.results for item in items if item.results}
+    return {"variants": merged} if merged else {}

@@ -1,0 +1,16 @@
+"""Files in and out: the input walk, decoding (in worker processes), encoding, names, atomic writes.
+
+  source.py         the lazy, ordered, filtered walk over the input folder
+  decode.py         one file -> pixels, defensively (caps, allowed formats, EXIF, ICC)
+  modes.py          every Pillow mode into the four pixel layouts stages get
+  decode_errors.py  failure messages with a fix, and a format guess from magic bytes
+  decode_worker.py  the worker process that runs decode.py on hostile files
+  decodepool.py     the pool of those workers: a crash or a hang costs one file
+  pixel_ipc.py      pixels from a worker to the parent through anonymous memory files
+  prefetch.py       decode outcomes running ahead of the stages, bounded by bytes
+  naming.py         output formats and names that mirror the input tree
+  encode.py         tensors and arrays -> JPEG, PNG (8/16-bit), WebP, TIFF bytes
+  atomic.py         writes under the output root that are never partial and never escape it
+
+Nothing here imports torch.
+"""

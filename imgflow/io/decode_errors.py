@@ -1,0 +1,160 @@
+"""Decode failures as ItemErrors a person can act on, and a format guess from magic bytes.
+
+Every message names the file, what was wrong, and the fix (the setting to raise, or what to do
+with the file). Nothing here runs a decoder except :func:`header_problem`, which reruns the
+header parser Pillow already ran, only to get its reason.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from typing import Protocol
+
+from PIL import Image
+
+from imgflow.errors import ItemError
+
+
+class Limits(Protocol):
+    """The caps the messages quote (an :class:`imgflow.io.decode.DecodeLimits`)."""
+
+    max_pixels: int
+    max_file_bytes: int
+    memory_mb: int | None
+    formats: tuple[str, ...]
+
+
+def too_large(source: str, size: int, limits: Limits) -> ItemError:
+    """file_too_large, naming the size, the cap and the setting that raises it."""
+    cap_mb = limits.max_file_bytes / 1024**2
+    return ItemError(
+        "file_too_large",
+        f"{source}: file is {size:,} bytes ({size / 1024**2:.1f} MB), over the cap of "
+        f"{limits.max_file_bytes:,} bytes ({cap_mb:g} MB) (fix: raise [run] max_file_mb if the "
+        "file is genuine)",
+    )
+
+
+def pixel_bomb(source: str, limits: Limits, detail: str) -> ItemError:
+    """Pillow refused a size (on open, or while loading a frame or tile): say it in our terms."""
+    found = re.search(r"Image size \((\d+) pixels\)", detail)
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return ItemError(
+        "too_many_pixels",
+        f"{source}: image is {size}, over the cap of {limits.max_pixels:,} pixels (fix: raise "
+        "[run] max_pixels if the file is genuine, or remove it: a small file claiming huge "
+        "dimensions is a decompression bomb)",
+    )
+
+
+def memory_error(source: str, limits: Limits) -> ItemError:
+    """memory_limit, naming the per-worker cap that was hit."""
+    cap = f"the per-worker cap of {limits.memory_mb} MB" if limits.memory_mb else "available memory"
+    return ItemError(
+        "memory_limit",
+        f"{source}: decoding needed more than {cap} (fix: raise [run] worker_memory_mb, lower "
+        "[run] max_pixels to refuse such files up front, or remove the file)",
+    )
+
+
+def decode_error(source: str, exc: BaseException) -> ItemError:
+    """decode_error, keeping the exception type and text (they say what was damaged)."""
+    text = str(exc) or "no detail"
+    return ItemError(
+        "decode_error",
+        f"{source}: cannot decode: {type(exc).__name__}: {text} (fix: the file is damaged or "
+        "truncated; copy or export it again)",
+    )
+
+
+def unidentified(source: str, data: bytes, limits: Limits) -> ItemError:
+    """Pillow found no allowed format: say what the file looks like, and whether that is damage."""
+    detected = sniff_format(data)
+    allowed = ", ".join(limits.formats)
+    if detected in limits.formats:
+        return ItemError(
+            "decode_error",
+            f"{source}: starts like a {detected} file but its header is damaged "
+            f"({header_problem(data, detected)}) (fix: copy or export the file again)",
+        )
+    what = f"detected format {detected}" if detected else "not a recognised image"
+    return ItemError(
+        "unsupported_format",
+        f"{source}: {what}; imgflow reads {allowed} (fix: convert the file to one of those, or "
+        "leave it out with [input] include)",
+    )
+
+
+def header_problem(data: bytes, fmt: str) -> str:
+    """Why ``fmt``'s opener rejected the header (Image.open keeps that reason to itself).
+
+    Runs the same header parser Image.open already ran on these bytes, only to get its message.
+    """
+    opener = Image.OPEN.get(fmt)
+    if opener is None:
+        return "no detail"
+    try:
+        opener[0](io.BytesIO(data), "").close()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no detail"
+
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"II+\x00", 0, "TIFF"),
+    (b"MM\x00+", 0, "TIFF"),
+    (b"BM", 0, "BMP"),
+    (b"WEBP", 8, "WEBP"),
+    (b"%!PS", 0, "EPS"),
+    (b"\xc5\xd0\xd3\xc6", 0, "EPS"),
+    (b"%PDF", 0, "PDF"),
+    (b"8BPS", 0, "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG2000"),
+    (b"ftypheic", 4, "HEIC"),
+    (b"ftypheix", 4, "HEIC"),
+    (b"ftypmif1", 4, "HEIF"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"qoif", 0, "QOI"),
+    (b"icns", 0, "ICNS"),
+    (b"DDS ", 0, "DDS"),
+    (b"SIMPLE  ", 0, "FITS"),
+    (b"<svg", 0, "SVG"),
+    (b"<?xml", 0, "XML/SVG"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """A format name guessed from magic bytes, without running any decoder (for messages)."""
+    for magic, offset, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    if len(data) >= 2 and data[:1] == b"P" and data[1:2] in b"123456":
+        return "PPM"
+    return None
+
+
+_CODE_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def warning_notes(caught: list[warnings.WarningMessage], notes: list[str]) -> list[str]:
+    """Pillow's warnings (corrupt EXIF and the like) as short, de-duplicated notes."""
+    seen = set(notes)
+    extra: list[str] = []
+    for item in caught:
+        if issubclass(item.category, _CODE_WARNINGS):
+            continue  # about Pillow's API, not about this file
+        text = f"{item.category.__name__}: {str(item.message).strip()}"[:200]
+        if text not in seen:
+            seen.add(text)
+            extra.append(text)
+    return extra
+

@@ -1,0 +1,172 @@
+"""The decode worker process: decode files the parent names, hand the pixels back, never raise.
+
+Runs inside :class:`imgflow.io.decodepool.DecodePool`'s worker processes. It lowers its own
+privileges to what decoding hostile files needs: Ctrl-C is the parent's, no core dumps, stderr to
+/dev/null (libtiff's complaints name no file; the parent reports every outcome), and an
+address-space cap (``[run] worker_memory_mb``) so a bomb raises MemoryError rather than waking the
+OOM killer.
+
+Protocol, per task ``(task_id, path)`` received on the worker's pipe: a reply tuple
+``("err", task_id, seconds, ItemError)``, or ``("ok", task_id, seconds, shape, dtype, meta,
+digest, payload)`` where ``payload`` is None when the pixels follow as a memory-file descriptor
+(:mod:`imgflow.io.pixel_ipc`), else their bytes.
+
+Test hook (test-only, never set it in production): ``IMGFLOW_TEST_CRASH_ON`` makes a worker
+misbehave on purpose when the name of the file it is about to decode contains a substring. The
+value is a comma-separated list of ``action:substring`` (a bare ``substring`` means ``segv``).
+Actions, all before decoding: ``segv`` (SIGSEGV), ``abort`` (SIGABRT), ``exit`` (``os._exit(3)``),
+``kill`` (SIGKILL, as the OOM killer does), ``hang`` (sleep forever) and ``slow`` (sleep 0.5 s,
+then go on). With the suffix ``_after_export`` (``segv_after_export``) the action fires after the
+pixels are in their memory file, before the reply. The variable is copied from the parent's
+environment when each worker starts (a forkserver child would otherwise see the environment of
+the moment the server started) and acted on only inside the worker; the decode path in the parent
+never consults it. No input file, pipeline key or CLI option can reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+
+from imgflow.errors import ItemError
+from imgflow.io import pixel_ipc
+from imgflow.io.decode import DecodeLimits, apply_memory_cap, decode_file
+
+#: Test-only hook, see the module docstring.
+ENV_TEST_CRASH_ON = "IMGFLOW_TEST_CRASH_ON"
+
+
+def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, name: str) -> None:
+    """Decode tasks from ``conn`` until told to stop or the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _no_core_dumps()
+    _quiet_stderr()
+    apply_memory_cap(limits)
+    hooks = _parse_crash_hooks(crash_on)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return  # parent closed the pipe or died
+        if task is None:
+            return
+        task_id, path = task
+        if hooks:
+            _misbehave(path, hooks, after_export=False)
+        reply, fd = _decode_task(task_id, path, limits, name)
+        if hooks:
+            _misbehave(path, hooks, after_export=True)
+        try:
+            conn.send(reply)
+            if fd is not None:
+                pixel_ipc.send_fd(conn, fd)
+                fd = None
+        except (BrokenPipeError, OSError):
+            return
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str) -> tuple[tuple, int | None]:
+    """Decode one file and export its pixels; never raises. Returns (reply, fd to pass or None)."""
+    start = time.perf_counter()
+    try:
+        decoded = decode_file(path, limits)
+        pixels = decoded.pixels
+        payload = pixel_ipc.export(pixels, name)
+        fd = payload if isinstance(payload, int) else None
+        seconds = time.perf_counter() - start
+        reply = ("ok", task_id, seconds, pixels.shape, pixels.dtype.str, decoded.meta, decoded.content_hash,
+                 None if fd is not None else payload)
+        return reply, fd
+    except ItemError as exc:
+        return ("err", task_id, time.perf_counter() - start, exc), None
+    except MemoryError:
+        cap = f"{limits.memory_mb} MB" if limits.memory_mb else "no cap"
+        error = ItemError(
+            "memory_limit",
+            f"{path}: out of memory handing the pixels back (per-worker cap: {cap}) (fix: raise "
+            "[run] worker_memory_mb or lower [run] max_pixels)",
+        )
+        return ("err", task_id, time.perf_counter() - start, error), None
+    except Exception as exc:  # e.g. no memory for the pixel file: still one file, still reported
+        error = ItemError(
+            "decode_error",
+            f"{path}: could not hand the decoded pixels back: {type(exc).__name__}: {exc} "
+            "(fix: check free memory)",
+        )
+        return ("err", task_id, time.perf_counter() - start, error), None
+
+
+def _quiet_stderr() -> None:
+    """Send the worker's fd 2 to /dev/null.
+
+    C libraries (libtiff above all) print their own complaints about damaged files straight to
+    stderr, once per bad file and without naming it; under cron that is mail noise. Every outcome
+    already reaches the parent as an ItemError that names the file, so nothing is lost.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:  # pragma: no cover - keep the inherited stderr
+        pass
+
+
+def _no_core_dumps() -> None:
+    """A crashing decoder should not leave a multi-gigabyte core file per bad image."""
+    try:
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - platform without it
+        pass
+
+
+def _parse_crash_hooks(value: str | None) -> list[tuple[str, str]]:
+    """``"segv:a,hang:b,c"`` -> [("segv", "a"), ("hang", "b"), ("segv", "c")] (test-only)."""
+    hooks = []
+    for part in (value or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        action, sep, needle = part.partition(":")
+        if not sep:
+            action, needle = "segv", part
+        hooks.append((action.strip().lower(), needle))
+    return hooks
+
+
+def _misbehave(path: str, hooks: list[tuple[str, str]], after_export: bool) -> None:
+    """Crash or hang on purpose when a test asked for it (see ENV_TEST_CRASH_ON).
+
+    Actions fire before decoding; an action with the suffix ``_after_export`` fires after the
+    pixels are in their memory file but before the reply is sent (to test clean-up).
+    """
+    name = os.path.basename(path)
+    for action, needle in hooks:
+        if action.endswith("_after_export") != after_export:
+            continue
+        action = action.removesuffix("_after_export")
+        if needle and needle in name:
+            if action == "segv":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            elif action == "abort":
+                os.abort()
+            elif action == "exit":
+                os._exit(3)
+            elif action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif action == "hang":
+                while True:
+                    time.sleep(3600)
+            elif action == "slow":
+                time.sleep(0.5)
+                continue  # then decode (or obey the next matching action)
+            time.sleep(5)  # a signal is delivered asynchronously; never decode after it
+
+

@@ -1,0 +1,54 @@
+"""Text files written atomically from a stream: manifest.jsonl and run-summary.json.
+
+A reader (a person, a script, the next run) sees the old file or the whole new one, never a torn
+one, and the writer streams: a manifest of a million lines never sits in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_text_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write a file so a reader sees the old one or the whole new one, never a torn one.
+
+    Temp file in the same folder (so rename is atomic), fsync, rename, fsync of the folder (so
+    the rename itself survives a power cut). The temp file is removed on any error.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # backslashreplace: a lone surrogate inside a JSON string becomes the JSON escape \udcxx,
+        # exactly what json.dumps(ensure_ascii=True) would write, so every line stays valid.
+        with open(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable; some platforms cannot open folders, which is fine to ignore."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
