@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in imgflow or a plugin
 
 
 class ImgflowError(Exception):
@@ -34,18 +35,30 @@ class Problem:
     fix: str = ""
 
     def __str__(self) -> str:
+        from imgflow.display import safe_text
+
         text = f"{self.where}: {self.problem}"
-        return f"{text} (fix: {self.fix})" if self.fix else text
+        return safe_text(f"{text} (fix: {self.fix})" if self.fix else text)
 
 
 class ValidationFailed(ConfigError):
-    """Every problem found in a pipeline, reported at once."""
+    """Every problem found in a pipeline, reported at once.
+
+    ``problems`` holds them all; the message lists the first few (``imgflow.display.SHOWN_PROBLEMS``) and
+    says how many more there are, so a file with a million bad keys still prints one screen.
+    """
 
     def __init__(self, problems: list[Problem], subject: str = "pipeline") -> None:
+        from imgflow.display import capped, safe_text
+
         self.problems = list(problems)
         count = len(self.problems)
-        head = f"{subject}: {count} problem{'s' if count != 1 else ''}"
-        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+        head = safe_text(f"{subject}: {count:,} problem{'s' if count != 1 else ''}")
+        lines = capped((f"  - {p}" for p in self.problems),
+                       more="more problems (fix those above and validate again to see the rest)")
+        if lines and lines[-1].startswith("..."):
+            lines[-1] = "  " + lines[-1]
+        super().__init__("\n".join([head, *lines]))
 
 
 class PluginError(ImgflowError):

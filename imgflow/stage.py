@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from imgflow.scalars import ScalarRules
 from imgflow.seeds import derive_seed
 
 __all__ = ["DecodeHint", "Params", "Stage", "StageContext", "StageKind", "derive_seed"]
@@ -54,11 +55,12 @@ class StageKind(str, enum.Enum):
     OTHER = "other"
 
 
-class Params(BaseModel):
+class Params(ScalarRules):
     """Base for a stage's parameters: typed, documented, unknown keys rejected.
 
     Declare fields with ``pydantic.Field(default, description=...)``; the description is what
-    ``imgflow stages show`` prints.
+    ``imgflow stages show`` prints. Inherited rules (:mod:`imgflow.scalars`): floats must be
+    finite, integers fit 64 bits, and ``true``/``false`` are refused where a number is expected.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)

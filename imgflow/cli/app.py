@@ -18,13 +18,14 @@ from typing import Any
 
 import click
 
-from imgflow.errors import ImgflowError
-
-EXIT_INTERNAL = 70
+from imgflow.errors import EXIT_INTERNAL, ImgflowError
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"imgflow: {message}" if not message.startswith("imgflow") else message, err=True)
+    from imgflow.display import safe_text
+
+    text = "\n".join(safe_text(line) for line in message.split("\n"))  # no raw control characters
+    click.echo(f"imgflow: {text}" if not text.startswith("imgflow") else text, err=True)
     sys.exit(code)
 
 
@@ -51,10 +52,12 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def warn_plugin_failures() -> None:
+    from imgflow.display import capped, safe_text
     from imgflow.plugins import load_failures
 
-    for failure in load_failures():
-        click.echo(f"imgflow: warning: {failure}", err=True)
+    for line in capped((f"imgflow: warning: {safe_text(f)}" for f in load_failures()),
+                       more="more plugin failures (see imgflow plugins)"):
+        click.echo(line, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -40,13 +40,14 @@ def run(pipeline: Path, input_path: str | None, output_path: str | None, device:
     pipe = load_pipeline_with_options(pipeline, input_path, output_path, device, batch_size, workers, params)
     options = RunOptions(force=force, retry_failed=retry_failed, wait=wait, wait_timeout_s=wait_timeout,
                          progress=progress, argv=sys.argv[1:])
-    result = run_pipeline(pipe, options, echo=lambda m: click.echo(m, err=True))
+    from imgflow.display import capped, safe_text
+
+    result = run_pipeline(pipe, options, echo=lambda m: click.echo(safe_text(m), err=True))
     if not quiet:
         click.echo(result.summary_line(pipe.name), err=True)
-        for failure in result.failures[:10]:
-            click.echo(f"  failed {failure['input']}: [{failure['code']}] {failure['message']}", err=True)
-        if len(result.failures) > 10:
-            click.echo(f"  ... and {len(result.failures) - 10} more (see imgflow status {result.output})", err=True)
+        lines = (safe_text(f"  failed {f['input']}: [{f['code']}] {f['message']}") for f in result.failures)
+        for line in capped(lines, limit=10, more=f"more (see imgflow status {safe_text(result.output)})"):
+            click.echo(line if line.startswith("  ") else f"  {line}", err=True)
     sys.exit(result.exit_code)
 
 
@@ -62,7 +63,9 @@ def validate(pipeline: Path, input_path: str | None, output_path: str | None, de
       imgflow validate pipelines/colorize_archive.toml -p colorize.model=eccv16
     """
     pipe = load_pipeline_with_options(pipeline, input_path, output_path, device, batch_size, workers, params)
+    from imgflow.display import safe_text
+
     stages = ", ".join(f"{s.id} ({s.use})" if s.id != s.use else s.use for s in pipe.stages)
-    click.echo(f"{pipeline}: ok: {pipe.input_path} -> {pipe.output_path}; stages: {stages}")
+    click.echo(safe_text(f"{pipeline}: ok: {pipe.input_path} -> {pipe.output_path}; stages: {stages}"))
 
 

@@ -29,9 +29,11 @@ def status(output: Path, as_json: bool, n_failures: int) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
+    from imgflow.display import safe_text
+
     counts = report.get("counts", {})
     total = sum(counts.values())
-    click.echo(f"{output}: {total} items: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    click.echo(safe_text(f"{output}: {total} items: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))))
     runs = report.get("runs", [])
     if runs:
         click.echo("recent runs:")
@@ -39,6 +41,9 @@ def status(output: Path, as_json: bool, n_failures: int) -> None:
             c = r.get("counts") or {}
             click.echo(f"  {r.get('run_id')}  {r.get('status'):<11} exit {r.get('exit_code')}  "
                        + ", ".join(f"{v} {k}" for k, v in c.items()))
+            if r.get("message") and r.get("status") != "finished":
+                why = safe_text(r["message"])  # one line, whatever the error said
+                click.echo(f"      why: {why[:500]}{'...' if len(why) > 500 else ''}")
     for t in report.get("training", []):
         last = t.get("last_epoch") or {}
         shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items()
@@ -49,6 +54,7 @@ def status(output: Path, as_json: bool, n_failures: int) -> None:
     if fails:
         click.echo("failures:")
         for f in fails:
-            click.echo(f"  {f.get('input')}: [{f.get('code')}] {f.get('message')}")
-
-
+            click.echo(safe_text(f"  {f.get('input')}: [{f.get('code')}] {f.get('message')}"))
+        failed = counts.get("failed", 0)
+        if failed > len(fails):
+            click.echo(f"  ... and {failed - len(fails):,} more (--failures N lists more; --json for all fields)")

@@ -8,33 +8,47 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from imgflow.io.naming import DEFAULT_TEMPLATE
 from imgflow.io.source import DEFAULT_INCLUDE
+from imgflow.scalars import ScalarRules
 
 DEFAULT_NAMING = DEFAULT_TEMPLATE
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+SEED_MAX = 2**63 - 1  # what SQLite, numpy and torch all take as a seed
 
 
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2)))
 
 
-class _Section(BaseModel):
+def _no_nul(path: str) -> str:
+    """The OS cannot open a path with a NUL byte in it (Python raises deep inside the run)."""
+    if "\x00" in path:
+        raise ValueError(f"path {path!r} contains a NUL character (fix: remove the \\u0000 from it)")
+    return path
+
+
+PathText = Annotated[str, AfterValidator(_no_nul)]
+
+
+class _Section(ScalarRules):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PipelineSection(_Section):
     name: str | None = Field(None, description="Name shown in logs and the manifest; defaults to the file name.")
     description: str = Field("", description="What the pipeline is for.")
-    seed: int | None = Field(None, description="Alias of [run] seed.")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Alias of [run] seed.")
 
 
 class InputSection(_Section):
-    path: str = Field(..., description="Folder of images to read (relative to the pipeline file).")
+    path: PathText = Field(..., description="Folder of images to read (relative to the pipeline file).")
     include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE),
                                description="Glob patterns (** for any folders), case-insensitive.")
     exclude: list[str] = Field(default_factory=list, description="Glob patterns to leave out.")
@@ -42,7 +56,7 @@ class InputSection(_Section):
 
 
 class OutputSection(_Section):
-    path: str = Field(..., description="Output root (relative to the pipeline file).")
+    path: PathText = Field(..., description="Output root (relative to the pipeline file).")
     format: Literal["jpeg", "png", "webp", "tiff", "same"] = Field(
         "same", description="Image format of outputs; 'same' keeps the input's format.")
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality.")
@@ -53,13 +67,22 @@ class OutputSection(_Section):
         8, description="8, 16 (PNG/TIFF), or 'same' to keep 16-bit inputs 16-bit.")
     manifest: bool = Field(True, description="Write manifest.jsonl and run-summary.json.")
 
+    @model_validator(mode="after")
+    def _bit_depth_fits_format(self) -> OutputSection:
+        """JPEG and WebP hold 8 bits per channel: asking for 16 there would be silently ignored."""
+        if self.bit_depth == 16 and self.format in ("jpeg", "webp"):
+            raise ValueError(
+                f"bit_depth = 16 with format = {self.format!r}: {self.format.upper()} holds 8 bits per "
+                'channel only (fix: format = "png" or "tiff" for 16-bit outputs, or bit_depth = 8)')
+        return self
+
 
 class RunSection(_Section):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int = Field(8, ge=1, le=4096, description="Images per batch on the device.")
     workers: int = Field(default_factory=_default_workers, ge=1, le=256,
                          description="Decode worker processes (and encode threads).")
-    seed: int = Field(0, description="Seed for every random draw (per item, reproducible).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for every random draw (per item, reproducible).")
     max_pixels: int = Field(100_000_000, ge=1, description="Refuse images with more pixels (decompression bombs).")
     max_file_mb: float = Field(512, gt=0, description="Refuse files larger than this many MiB.")
     worker_memory_mb: int | None = Field(4096, ge=64, description="Address-space cap per decode worker.")

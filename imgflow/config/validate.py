@@ -16,8 +16,11 @@ from pydantic import ValidationError
 
 from imgflow.config.sections import DEFAULT_NAMING, DEVICE_RE, SECTION_MODELS, TOP_LEVEL_KEYS, InputSection, OutputSection
 from imgflow.config.spec import StageSpec
+from imgflow.display import SHOWN_PROBLEMS
 from imgflow.errors import ConfigError, Problem, ValidationFailed
 from imgflow.io.naming import validate_template
+from imgflow.io.outroot import output_folder_problem
+from imgflow.io.source import validate_glob
 from imgflow.stage import StageContext
 
 STAGE_ID_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
@@ -28,14 +31,29 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _pydantic_problems(where: str, exc: ValidationError, fields: list[str]) -> list[Problem]:
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut short: a runaway value must not become a runaway message."""
+    return _short(repr(value), limit)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _pydantic_problems(where: str, exc: ValidationError, fields: list[str], help_hint: str = "") -> list[Problem]:
+    """Pydantic's errors as problems; ``help_hint`` is the fix for messages that bring none.
+
+    Only the first problems get a did-you-mean suggestion (difflib is slow, and only the first
+    :data:`~imgflow.display.SHOWN_PROBLEMS` are shown), so a million unknown keys stay cheap.
+    """
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(section)"
         kind = err["type"]
         if kind == "extra_forbidden":
             known = ", ".join(fields)
-            problems.append(Problem(f"{where} {key}", f"unknown key{_suggest(key, fields)}",
+            hint = _suggest(key, fields) if len(problems) < SHOWN_PROBLEMS else ""
+            problems.append(Problem(f"{where} {_short(key)}", f"unknown key{hint}",
                                     f"remove it; known keys: {known}"))
         elif kind == "missing":
             problems.append(Problem(f"{where} {key}", "required key is missing", f"add {key} = ..."))
@@ -43,35 +61,68 @@ def _pydantic_problems(where: str, exc: ValidationError, fields: list[str]) -> l
             # a stage's own validator wrote the whole message, usually with its fix
             cause = (err.get("ctx") or {}).get("error")
             message = str(cause) if cause is not None else err["msg"].removeprefix("Value error, ")
-            problems.append(Problem(f"{where} {key}" if err["loc"] else where, message))
+            fix = "" if "fix:" in message else help_hint
+            problems.append(Problem(f"{where} {key}" if err["loc"] else where, message, fix))
         else:
             msg = err["msg"]
             expected = msg[len("Input should be "):] if msg.startswith("Input should be ") else msg
             if expected.startswith(("greater", "less")):
                 expected = f"a number {expected}"
             got = err.get("input")
-            problems.append(Problem(f"{where} {key}", f"expected {expected}, got {got!r}",
+            problems.append(Problem(f"{where} {key}", f"expected {expected}, got {_shown(got)}",
                                     f"set {key} to {expected}"))
     return problems
 
 
+#: Arrays and tables nested deeper than this are refused: no pipeline key needs more than a few
+#: levels, and Python's TOML reader (and JSON, pydantic) would hit the recursion limit at ~500.
+MAX_NESTING = 32
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """The raw pipeline file; a syntax error is a ConfigError with line and column."""
+    """The raw pipeline file; a syntax error is a ConfigError with line and column.
+
+    A UTF-8 byte-order mark (Windows editors write one) is not part of the TOML and is dropped.
+    """
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{path}: pipeline file not found (fix: check the path)") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, expected a pipeline .toml file") from None
+        raise ConfigError(f"{path}: is a folder, expected a pipeline .toml file (fix: give the path of "
+                          "a pipeline file)") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}) (fix: save it as UTF-8)") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read ({exc.strerror}) (fix: check the file's permissions)") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValidationFailed([Problem(str(path), f"invalid TOML: {exc}", "fix the syntax at that line")],
                                subject=str(path)) from None
+    except RecursionError:
+        data = None
+    if data is None or nesting_depth(data) > MAX_NESTING:
+        raise ValidationFailed([Problem(str(path), f"arrays or tables nested more than {MAX_NESTING} levels deep",
+                                        "no pipeline key needs that; check for a runaway [ or {")],
+                               subject=str(path))
+    return data
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists and tables nest in ``value`` (0 for a scalar), without recursing."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        current, depth = stack.pop()
+        children = current.values() if isinstance(current, dict) else current if isinstance(current, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_NESTING:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def resolve_paths(where: str, data: dict, inp: InputSection | None, out: OutputSection | None,
@@ -87,9 +138,9 @@ def resolve_paths(where: str, data: dict, inp: InputSection | None, out: OutputS
                                     "point it at the folder that holds the images"))
     if out is not None:
         out_path = (base / Path(out.path).expanduser()).resolve()
-        if out_path.exists() and not out_path.is_dir():
-            problems.append(Problem(f"{where} [output] path", f"{out_path} exists and is not a folder",
-                                    "choose a folder path"))
+        problem = output_folder_problem(out_path)
+        if problem:
+            problems.append(Problem(f"{where} [output] path", *problem))
         if in_path is not None and out_path == in_path:
             problems.append(Problem(f"{where} [output] path", "is the input folder itself",
                                     "write to another folder (a sub-folder of the input is fine)"))
@@ -100,7 +151,8 @@ def check_sections(where: str, data: dict, problems: list[Problem]) -> dict[str,
     parsed: dict[str, Any] = {}
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            problems.append(Problem(f"{where} [{key}]", f"unknown section{_suggest(key, TOP_LEVEL_KEYS)}",
+            hint = _suggest(key, TOP_LEVEL_KEYS) if len(problems) < SHOWN_PROBLEMS else ""
+            problems.append(Problem(f"{where} [{_short(key)}]", f"unknown section{hint}",
                                     f"sections are {', '.join('[' + k + ']' for k in TOP_LEVEL_KEYS)}"))
     for name, model in SECTION_MODELS.items():
         raw = data.get(name, {})
@@ -114,7 +166,8 @@ def check_sections(where: str, data: dict, problems: list[Problem]) -> dict[str,
         try:
             parsed[name] = model.model_validate(raw)
         except ValidationError as exc:
-            problems.extend(_pydantic_problems(f"{where} [{name}]", exc, list(model.model_fields)))
+            problems.extend(_pydantic_problems(f"{where} [{name}]", exc, list(model.model_fields),
+                                               f"see the README's pipeline file section for [{name}]"))
     run = parsed.get("run")
     device = data.get("run", {}).get("device", "auto") if isinstance(data.get("run"), dict) else "auto"
     if isinstance(device, str) and not DEVICE_RE.match(device):
@@ -129,8 +182,9 @@ def check_sections(where: str, data: dict, problems: list[Problem]) -> dict[str,
     for glob_key in ("include", "exclude"):
         inp = parsed.get("input")
         for pattern in getattr(inp, glob_key, []) if inp else []:
-            if not pattern or pattern.startswith("/") or ".." in Path(pattern).parts:
-                problems.append(Problem(f"{where} [input] {glob_key}", f"bad pattern {pattern!r}",
+            message = validate_glob(pattern)  # the walk's own check, so no pattern fails at run time
+            if message:
+                problems.append(Problem(f"{where} [input] {glob_key}", message,
                                         "use a relative glob such as \"**/*.jpg\""))
     out = parsed.get("output")
     if out is not None:
@@ -194,7 +248,8 @@ def check_stages(where: str, data: dict, problems: list[Problem]) -> list[StageS
         try:
             spec.params = entry.cls.Params.model_validate(params_raw)
         except ValidationError as exc:
-            problems.extend(_pydantic_problems(here, exc, list(entry.cls.Params.model_fields)))
+            problems.extend(_pydantic_problems(here, exc, list(entry.cls.Params.model_fields),
+                                               f"see `imgflow stages show {use}` for what each key accepts"))
             continue
         problems.extend(_stage_self_check(here, spec))
         specs.append(spec)

@@ -45,6 +45,7 @@ class Selector:
         self.fingerprint = fingerprint
         self.options = options
         self.skipped = 0
+        self.failed_before = 0  # of the skipped: failed in an earlier run, unchanged since
 
     def wants(self, sf: SourceFile) -> WorkItem | None:
         prior = self.store.lookup(sf.relpath)
@@ -56,6 +57,8 @@ class Selector:
             return WorkItem(sf, prior)
         if (prior.size, prior.mtime_ns) != (sf.size, sf.mtime_ns) and not same_content(sf, prior):
             return WorkItem(sf, prior)
+        if prior.status == "failed":
+            self.failed_before += 1
         return self._skip()
 
     def _skip(self) -> None:
@@ -90,6 +93,11 @@ class Plan:
     @property
     def skipped(self) -> int:
         return self.selector.skipped
+
+    @property
+    def failed_before(self) -> int:
+        """Of :attr:`skipped`, the known failures (``--retry-failed`` would retry them)."""
+        return self.selector.failed_before
 
     def items(self) -> Iterator[WorkItem]:
         """Every input this run must process, in the walk's stable order."""

@@ -25,7 +25,8 @@ class Recorder:
         self.run_id = run_id
         self.fingerprint = fingerprint
         self.warn = warn
-        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+        # failed_before: of the skipped, the inputs that failed in an earlier run and are unchanged
+        self.counts = {"done": 0, "failed": 0, "skipped": 0, "failed_before": 0}
         self.failures: list[dict[str, str]] = []
         self.progress: Progress | None = None
 
@@ -44,6 +45,19 @@ class Recorder:
     def skipped(self, count: int) -> None:
         """Items this run left alone (already done, or not selected)."""
         self.counts["skipped"] = count
+
+    def failed_before(self, count: int) -> None:
+        """Of the skipped items, how many are known failures (failed earlier, unchanged since)."""
+        self.counts["failed_before"] = count
+
+    @property
+    def has_failures(self) -> bool:
+        """Whether any input of this pipeline is failed: in this run, or before and not retried.
+
+        A rerun that skips known failures is not a success: the output folder still lacks those
+        items, so cron gets exit code 1 until they are fixed, retried or excluded.
+        """
+        return bool(self.counts["failed"] or self.counts["failed_before"])
 
     def _record(self, source: SourceFile, status: str, **fields: Any) -> None:
         from imgflow.plugins import call_lifecycle

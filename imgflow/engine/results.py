@@ -32,8 +32,12 @@ class RunResult:
 
     def summary_line(self, name: str) -> str:
         """The one line cron mails show: ``imgflow: NAME: 12 done, 1 failed, 340 skipped in ...``."""
+        from imgflow.display import safe_text
+
         c = self.counts
         rate = c["done"] / self.elapsed_s if self.elapsed_s > 0 else 0.0
         speed = self.training or f"{rate:.1f} img/s"
-        return (f"imgflow: {name}: {c['done']} done, {c['failed']} failed, {c['skipped']} skipped "
-                f"in {self.elapsed_s:.1f}s ({speed}) -> {self.output}")
+        before = c.get("failed_before", 0)
+        known = f" ({before} failed before: --retry-failed retries them)" if before else ""
+        return safe_text(f"imgflow: {name}: {c['done']} done, {c['failed']} failed, {c['skipped']} skipped{known} "
+                         f"in {self.elapsed_s:.1f}s ({speed}) -> {self.output}")

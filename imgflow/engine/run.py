@@ -1,12 +1,20 @@
 """One run of one pipeline, from the lock to the manifest (DESIGN.md §2).
 
-    lock the output folder -> open the state store -> begin a run row -> sweep what a killed run
-    left -> build the plan, the stage chain, the writer and the recorder -> hand them to an
-    executor (or to the training loop, when the last stage consumes) -> run-level exports ->
-    finish the run row -> manifest.jsonl and run-summary.json
+    check the output folder -> build the stages and the fingerprint -> (first run on this
+    folder: set the stages up) -> create the folder -> lock it -> open the state store -> begin a
+    run row -> sweep what a killed run left -> build the plan, the writer and the recorder ->
+    hand them to an executor (or to the training loop, when the last stage consumes) -> run-level
+    exports -> finish the run row -> manifest.jsonl and run-summary.json
 
-Whatever happens in between, the run row is closed, the stages are torn down and the manifest
-is written, so ``imgflow status`` and cron always see what the run did.
+Whatever happens in between, the run row is closed with why the run ended (``message``), the
+stages are torn down and the manifest is written, so ``imgflow status`` and cron always see what
+the run did.
+
+Configuration mistakes found at run time stop the run with exit code 2 and leave nothing behind
+on a folder the run would have created: the output folder is checked before anything is made,
+and on a first run the stages are set up (weights found, device present) before the folder is
+created. Should a configuration error still come later, before any item was recorded, what
+that first run made is removed again.
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgflow.engine.results import RunOptions, RunResult
-from imgflow.errors import EXIT_ITEMS_FAILED, EXIT_OK, ConfigError
+from imgflow.errors import EXIT_CONFIG, EXIT_INTERNAL, EXIT_ITEMS_FAILED, EXIT_OK, ConfigError, ImgflowError
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgflow.config import Pipeline
@@ -30,35 +39,85 @@ if TYPE_CHECKING:  # pragma: no cover
 def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,
                  echo: Callable[[str], None] | None = None) -> RunResult:
     """Run a validated pipeline under its output folder's lock; see the module docstring."""
+    from imgflow.engine.chain import StageChain
+    from imgflow.io.outroot import check_output_root, make_output_root, startup_error
     from imgflow.state import OutputLock
 
     options = options or RunOptions()
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     out = pipeline.output_path
-    out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out, wait=options.wait, timeout_s=options.wait_timeout_s):
-        return _run_locked(pipeline, options, echo)
+    check_output_root(out)
+    stages = pipeline.build_stages()
+    fingerprint = pipeline.fingerprint(stages)
+    chain = StageChain(stages, device=pipeline.run.device, seed=pipeline.run.seed)
+    try:
+        fresh = not _has_state(out)
+        if fresh and _has_inputs(pipeline):
+            chain.setup()  # missing weights or device: exit 2 before the output folder exists
+        lock = OutputLock(out, wait=options.wait, timeout_s=options.wait_timeout_s)
+        try:
+            created = make_output_root(out)
+            lock.acquire()
+        except OSError as exc:
+            raise startup_error(out, exc) from exc
+        try:
+            return _run_locked(pipeline, options, echo, chain, fingerprint, created if fresh else [])
+        finally:
+            lock.release()
+    finally:
+        chain.teardown()
 
 
-def _run_locked(pipeline: Pipeline, options: RunOptions, echo: Callable[[str], None]) -> RunResult:
-    from imgflow.engine.chain import StageChain
+def _has_state(out: Path) -> bool:
+    from imgflow.state import STATE_DIR, STATE_FILE
+
+    return (out / STATE_DIR / STATE_FILE).exists()
+
+
+def _has_inputs(pipeline: Pipeline) -> bool:
+    """Whether the input walk finds anything at all (it stops at the first file)."""
+    from imgflow.engine.plan import walk_pipeline_inputs
+
+    return next(iter(walk_pipeline_inputs(pipeline)), None) is not None
+
+
+def _run_locked(pipeline: Pipeline, options: RunOptions, echo: Callable[[str], None], chain: StageChain,
+                fingerprint: str, created: list[Path]) -> RunResult:
+    """The run proper; ``created``: the folders this (first) run made, removed if it stops early."""
+    from imgflow.io.outroot import remove_created
+
+    counts: dict[str, int] = {}
+    try:
+        return _run_recorded(pipeline, options, echo, chain, fingerprint, counts)
+    except ImgflowError as exc:
+        if created and exc.exit_code == EXIT_CONFIG and not counts.get("done") and not counts.get("failed"):
+            remove_created(pipeline.output_path, created)
+        raise
+
+
+def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str], None], chain: StageChain,
+                  fingerprint: str, counts: dict[str, int]) -> RunResult:
+    """Everything between the run row's start and its end; ``counts`` is filled in at the end."""
     from imgflow.engine.record import Recorder
     from imgflow.io.atomic import sweep_temp_files
+    from imgflow.io.outroot import startup_error
     from imgflow.plugins import call_lifecycle
     from imgflow.state import StateStore
 
     started = time.monotonic()
     out = pipeline.output_path
-    stages = pipeline.build_stages()
-    fingerprint = pipeline.fingerprint(stages)
-    chain = StageChain(stages, device=pipeline.run.device, seed=pipeline.run.seed)
+    stages = chain.stages
     training_summary: str | None = None
 
     def warn_all(messages: list[str]) -> None:
         for message in messages:
             echo(f"imgflow: warning: {message}")
 
-    with StateStore(out) as store:
+    try:
+        store = StateStore(out)
+    except OSError as exc:
+        raise startup_error(out, exc) from exc
+    with store:
         run_id = store.begin_run(pipeline=pipeline.name, pipeline_path=str(pipeline.source),
                                  fingerprint=fingerprint, options=_options_doc(pipeline, options))
         if store.interrupted_runs_found:
@@ -68,23 +127,31 @@ def _run_locked(pipeline: Pipeline, options: RunOptions, echo: Callable[[str], N
         recorder = Recorder(store, run_id, fingerprint, warn=lambda m: echo(f"imgflow: warning: {m}"))
         run_doc = _run_doc(pipeline, run_id, fingerprint, stages)
         warn_all(call_lifecycle("pipeline_start", run=run_doc))
-        status, exit_code = "error", 2
+        status, exit_code, message = "error", EXIT_INTERNAL, None
         try:
             if stages and stages[-1].consumes:
                 training_summary = _train(pipeline, store, run_id, fingerprint, chain, recorder, options, echo)
             else:
                 _execute(pipeline, store, fingerprint, chain, recorder, options, echo)
             _export(pipeline, stages, store)
-            exit_code = EXIT_ITEMS_FAILED if recorder.counts["failed"] else EXIT_OK
+            exit_code = EXIT_ITEMS_FAILED if recorder.has_failures else EXIT_OK
             status = "finished"
         except KeyboardInterrupt:
-            status, exit_code = "interrupted", 130
+            status, exit_code, message = "interrupted", 130, "interrupted (Ctrl-C or SIGINT)"
+            raise
+        except ImgflowError as exc:
+            exit_code, message = exc.exit_code, str(exc)
+            raise
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             chain.teardown()
             if recorder.progress is not None:
                 recorder.progress.close()
-            store.finish_run(run_id, status=status, counts=dict(recorder.counts), exit_code=exit_code)
+            counts.update(recorder.counts)
+            store.finish_run(run_id, status=status, counts=dict(recorder.counts), exit_code=exit_code,
+                             message=message)
             if pipeline.output.manifest:
                 store.export_manifest(out / "manifest.jsonl")
                 store.export_summary(run_id, out / "run-summary.json")
@@ -109,6 +176,7 @@ def _execute(pipeline: Pipeline, store: StateStore, fingerprint: str, chain: Sta
     job = Job(pipeline=pipeline, plan=plan, chain=chain, writer=writer, recorder=recorder, options=options,
               echo=echo)
     get_executor("local").execute(job)
+    recorder.failed_before(plan.failed_before)
 
 
 def _train(pipeline: Pipeline, store: StateStore, run_id: str, fingerprint: str, chain: StageChain,

@@ -86,15 +86,34 @@ class OutputLock:
         """Take the lock or raise :class:`LockBusy`; see the class docstring for waiting."""
         if self._fd is not None:
             raise RuntimeError(f"the output lock on {self.root} is already held by this object")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        while True:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                self._take(fd)
+                if not self._still_linked(fd):  # removed by the run we waited for: take a fresh one
+                    os.close(fd)
+                    continue
+                _write_holder(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return
+
+    def _still_linked(self, fd: int) -> bool:
+        """Whether the file we locked is still the one at our path.
+
+        A first run that stops on a configuration error removes the output tree it created,
+        lock file included (imgflow.io.outroot.remove_created); a run that waited on that file
+        then holds a lock nobody else can see, so it must start over with the new file.
+        """
         try:
-            self._take(fd)
-            _write_holder(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
 
     def release(self) -> None:
         """Clear the holder note and drop the lock. Safe to call when not held."""

@@ -186,9 +186,12 @@ class StoreReports:
             by_status = "SELECT status, COUNT(*) FROM items GROUP BY status"
             for status, n in self._conn.execute(by_status):
                 counts[status] = n
+            # ``message`` (schema 3) is absent from an older store that status opens read-only
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+            message = ", message" if "message" in columns else ""
             cur = self._conn.execute(
                 "SELECT run_id, started_at, finished_at, status, counts, exit_code, pipeline, "
-                "hostname, pid FROM runs ORDER BY started_at DESC, run_id DESC LIMIT ?",
+                f"hostname, pid{message} FROM runs ORDER BY started_at DESC, run_id DESC LIMIT ?",
                 (recent_runs,),
             )
             columns = [d[0] for d in cur.description]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from imgflow.state.records import ITEM_COLUMNS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 
@@ -89,7 +89,21 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """What the HTML report shows of a run that the other columns cannot tell.
+
+    ``message``: why a run ended with an error (its exception text) or was interrupted.
+    ``input_path``: the input root it read (a report's "before" thumbnails come from there).
+    ``pipeline_text``: the pipeline file as it was when the run started.
+    """
+    present = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    for column in ("message", "input_path", "pipeline_text"):
+        if column not in present:  # idempotent, like the CREATE ... IF NOT EXISTS steps
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 UPSERT_ITEM = f"""
     INSERT INTO items ({ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)

@@ -65,6 +65,8 @@ STATE_FILE = "state.sqlite"
 FLUSH_EVERY_RECORDS = 256
 FLUSH_EVERY_SECONDS = 0.5
 BUSY_TIMEOUT_MS = 10_000
+STALE_RUN_MESSAGE = ("the process stopped without closing its run (killed, crashed or power loss); "
+                     "the next run took over")
 
 
 class StateStoreError(ImgflowError):
@@ -299,7 +301,8 @@ class StateStore(StoreReports):
                 ) from exc
 
     def begin_run(
-        self, *, pipeline: str, pipeline_path: str, fingerprint: str, options: dict
+        self, *, pipeline: str, pipeline_path: str, fingerprint: str, options: dict,
+        input_path: str | None = None, pipeline_text: str | None = None,
     ) -> str:
         """Start a run row and return its id.
 
@@ -316,14 +319,14 @@ class StateStore(StoreReports):
             stale = [r for (r,) in conn.execute("SELECT run_id FROM runs WHERE status = 'running'")]
             for old in stale:
                 conn.execute(
-                    "UPDATE runs SET status = 'interrupted', counts = ? WHERE run_id = ?",
-                    (dumps(self._item_counts(conn, old)), old),
+                    "UPDATE runs SET status = 'interrupted', counts = ?, message = ? WHERE run_id = ?",
+                    (dumps(self._item_counts(conn, old)), STALE_RUN_MESSAGE, old),
                 )
             self.interrupted_runs_found = len(stale)
             conn.execute(
                 "INSERT INTO runs (run_id, started_at, pipeline, pipeline_path, fingerprint, "
-                "options, imgflow_version, hostname, pid, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                "options, imgflow_version, hostname, pid, status, input_path, pipeline_text) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
                 (
                     run_id,
                     now_iso(),
@@ -334,23 +337,29 @@ class StateStore(StoreReports):
                     __version__,
                     storable_text(socket.gethostname()),
                     os.getpid(),
+                    storable_text(input_path),
+                    storable_text(pipeline_text),
                 ),
             )
 
         self._write(work)
         return run_id
 
-    def finish_run(self, run_id: str, *, status: str, counts: dict, exit_code: int) -> None:
-        """Close a run row (after committing every buffered record)."""
+    def finish_run(self, run_id: str, *, status: str, counts: dict, exit_code: int,
+                   message: str | None = None) -> None:
+        """Close a run row (after committing every buffered record).
+
+        ``message`` says why a run that did not finish normally ended (error text, interrupt).
+        """
         if status not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
         self.flush()
 
         def work(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "UPDATE runs SET finished_at = ?, status = ?, counts = ?, exit_code = ? "
+                "UPDATE runs SET finished_at = ?, status = ?, counts = ?, exit_code = ?, message = ? "
                 "WHERE run_id = ?",
-                (now_iso(), status, dumps(counts), int(exit_code), run_id),
+                (now_iso(), status, dumps(counts), int(exit_code), storable_text(message), run_id),
             )
             if cur.rowcount != 1:
                 raise ValueError(f"{self.path}: no run {run_id!r} to finish")
