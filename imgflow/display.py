@@ -18,7 +18,7 @@ Imports nothing heavy: the CLI uses it before any engine module is loaded.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 #: How many entries of one list of problems a person is shown before "... and K more".
 SHOWN_PROBLEMS = 20
@@ -65,3 +65,23 @@ def capped(entries: Iterable[str], limit: int = SHOWN_PROBLEMS, more: str = "mor
     if left_out:
         shown.append(f"... and {left_out:,} {more}")
     return shown
+
+
+def capped_echo(echo: Callable[[str], None], prefix: str = "imgflow: warning: ",
+                limit: int = SHOWN_PROBLEMS) -> Callable[[str], None]:
+    """A warning printer for a stream of warnings: the first ``limit``, then one closing line.
+
+    For warnings that arrive one by one while a run goes on (a walk meeting unreadable folders),
+    where the total is not known until the end.
+    """
+    shown = 0
+
+    def warn(message: str) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= limit:
+            echo(safe_text(f"{prefix}{message}"))
+        elif shown == limit + 1:
+            echo(f"{prefix}more warnings like these are not shown")
+
+    return warn

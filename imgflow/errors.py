@@ -15,6 +15,8 @@ EXIT_CONFIG = 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in imgflow or a plugin
 
+MAX_PROBLEM_CHARS = 2000  # one problem line is cut after this many characters
+
 
 class ImgflowError(Exception):
     """Base of every error imgflow raises on purpose."""
@@ -38,7 +40,10 @@ class Problem:
         from imgflow.display import safe_text
 
         text = f"{self.where}: {self.problem}"
-        return safe_text(f"{text} (fix: {self.fix})" if self.fix else text)
+        text = safe_text(f"{text} (fix: {self.fix})" if self.fix else text)
+        if len(text) > MAX_PROBLEM_CHARS:  # a runaway value must not make a runaway line
+            text = f"{text[:MAX_PROBLEM_CHARS]}... ({len(text):,} characters in all)"
+        return text
 
 
 class ValidationFailed(ConfigError):
@@ -49,15 +54,16 @@ class ValidationFailed(ConfigError):
     """
 
     def __init__(self, problems: list[Problem], subject: str = "pipeline") -> None:
-        from imgflow.display import capped, safe_text
+        from imgflow.display import SHOWN_PROBLEMS, safe_text
 
         self.problems = list(problems)
         count = len(self.problems)
         head = safe_text(f"{subject}: {count:,} problem{'s' if count != 1 else ''}")
-        lines = capped((f"  - {p}" for p in self.problems),
-                       more="more problems (fix those above and validate again to see the rest)")
-        if lines and lines[-1].startswith("..."):
-            lines[-1] = "  " + lines[-1]
+        shown = count if count <= SHOWN_PROBLEMS + 1 else SHOWN_PROBLEMS  # never "and 1 more"
+        lines = [f"  - {p}" for p in self.problems[:shown]]
+        if count > shown:
+            lines.append(f"  ... and {count - SHOWN_PROBLEMS:,} more problems (fix those above and "
+                         "validate again to see the rest)")
         super().__init__("\n".join([head, *lines]))
 
 
@@ -79,7 +85,9 @@ class ItemError(Exception):
     """One work item failed; the run goes on. ``code`` is a stable reason code for the manifest.
 
     Reason codes: unreadable, file_too_large, unsupported_format, decode_error, too_many_pixels,
-    memory_limit, decoder_crash, decoder_timeout, stage_error, write_error, output_exists.
+    memory_limit, decoder_crash, decoder_timeout, stage_error, write_error, output_exists (a file
+    imgflow did not write holds the name and ``overwrite = "never"``), output_collision (another
+    input already owns the output name), outside_input (a symlink leading outside the input folder).
     """
 
     def __init__(self, code: str, message: str) -> None:

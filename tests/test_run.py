@@ -236,7 +236,7 @@ def test_two_inputs_mapping_to_one_output_name_never_overwrite_each_other(tmp_pa
     # decoding finishes in any order, so either input may claim the name first; the other fails
     by_status = {r["status"]: name for name, r in recs.items()}
     winner, loser = by_status["done"], by_status["failed"]
-    assert recs[loser]["error"]["code"] == "output_exists"
+    assert recs[loser]["error"]["code"] == "output_collision"
     assert f"belongs to input {winner}" in recs[loser]["error"]["message"]
     assert recs[winner]["outputs"] == ["scan0000.jpg"]
     # a later run does not take the name over either, until the naming keeps them apart

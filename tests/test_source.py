@@ -201,40 +201,62 @@ def test_output_folder_inside_input_is_skipped_under_any_spelling(tmp_path: Path
     assert rels(walk_inputs(root, skip_dirs=[root])) == []
 
 
-def test_symlink_loop_terminates_and_linked_files_are_included(tmp_path: Path) -> None:
+def test_symlinks_are_followed_inside_the_input_folder_and_refused_outside(tmp_path: Path) -> None:
+    """One policy for files and folders (imgflow.io.links); loops end; nothing vanishes silently."""
     root = tmp_path / "in"
     touch(root, "a/x.jpg")
+    touch(root, "b/y.jpg")
     real = touch(tmp_path, "elsewhere/real.png")
     (root / "a" / "loop").symlink_to(root, target_is_directory=True)
     (root / "a" / "up").symlink_to("..", target_is_directory=True)
+    (root / "away").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "bee").symlink_to("b", target_is_directory=True)
+    (root / "inside.jpg").symlink_to(root / "a" / "x.jpg")
     (root / "linked.png").symlink_to(real)
     (root / "broken.jpg").symlink_to(tmp_path / "missing.jpg")
+    (root / "ring1.jpg").symlink_to("ring2.jpg")
+    (root / "ring2.jpg").symlink_to("ring1.jpg")
+    os.mkfifo(root / "pipe.jpg")
 
+    warnings: list[str] = []
     started = time.perf_counter()
-    items = list(walk_inputs(root))
+    items = {i.relpath: i for i in walk_inputs(root, on_warning=warnings.append)}
     assert time.perf_counter() - started < 5
-    assert rels(items) == ["a/x.jpg", "linked.png"]
-    assert items[1].path == root / "linked.png"  # read through the link
-    assert items[1].size == real.stat().st_size
+    readable = sorted(rel for rel, i in items.items() if i.refusal is None)
+    assert readable == ["a/x.jpg", "b/y.jpg", "bee/y.jpg", "inside.jpg"]
+    assert items["inside.jpg"].size == (root / "a" / "x.jpg").stat().st_size
+    refused = {rel: i.refusal for rel, i in items.items() if i.refusal is not None}
+    assert refused["linked.png"][0] == "outside_input" and str(real) in refused["linked.png"][1]
+    assert refused["broken.jpg"][0] == "unreadable" and "does not exist" in refused["broken.jpg"][1]
+    assert "loops back" in refused["ring1.jpg"][1] and "loops back" in refused["ring2.jpg"][1]
+    assert refused["pipe.jpg"][0] == "unreadable" and "FIFO" in refused["pipe.jpg"][1]
+    # folders not entered are named in a warning: two loops and one link leading outside
+    assert len(warnings) == 3, warnings
+    assert sum("would loop" in w for w in warnings) == 2 and any("outside the input folder" in w for w in warnings)
+    # an exclude glob silences a folder link as it leaves out a file
+    quiet: list[str] = []
+    list(walk_inputs(root, exclude=["away/**", "**/loop/**", "**/up/**"], on_warning=quiet.append))
+    assert quiet == []
 
 
-def test_undecodable_file_name_gets_stable_text_key_and_exact_path(tmp_path: Path) -> None:
+def test_undecodable_file_name_keeps_its_exact_bytes_as_key(tmp_path: Path) -> None:
+    """b"caf\\xe9.jpg" and a file literally named "caf\\\\xe9.jpg" are two inputs, not one."""
     raw_root = os.fsencode(tmp_path)
     name = b"caf\xe9-\xff.jpg"  # Latin-1 bytes: not UTF-8
     with open(os.path.join(raw_root, name), "wb") as handle:
         handle.write(b"pixels")
+    touch(tmp_path, "caf\\xe9-\\xff.jpg")  # the escaped spelling, as a real name
     os.mkdir(os.path.join(raw_root, b"d\xe8r"))
     with open(os.path.join(raw_root, b"d\xe8r", b"x.png"), "wb") as handle:
         handle.write(b"more")
 
     items = list(walk_inputs(tmp_path))
-    assert rels(items) == ["caf\\xe9-\\xff.jpg", "d\\xe8r/x.png"]
-    for item in items:
-        item.relpath.encode("utf-8")  # strict: valid text for JSON and SQLite
-    assert items[0].path.read_bytes() == b"pixels"
-    assert os.fsencode(items[0].path) == os.path.join(raw_root, name)
+    assert rels(items) == ["caf\\xe9-\\xff.jpg", "caf\udce9-\udcff.jpg", "d\udce8r/x.png"]
+    assert os.fsencode(items[1].relpath) == name
+    assert items[1].path.read_bytes() == b"pixels"
+    assert os.fsencode(items[1].path) == os.path.join(raw_root, name)
     assert rels(walk_inputs(tmp_path)) == rels(items)
-    assert relpath_text(os.fsdecode(b"\xe9t\xc3\xa9")) == "\\xe9t\u00e9"
+    assert relpath_text(os.fsdecode(b"\xe9t\xc3\xa9")) == "\\xe9t\u00e9"  # for people, not a key
 
 
 def test_hidden_files_and_folders_are_skipped(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from imgflow.config.sections import DEFAULT_NAMING, DEVICE_RE, SECTION_MODELS, TOP_LEVEL_KEYS, InputSection, OutputSection
 from imgflow.config.spec import StageSpec
@@ -50,7 +50,7 @@ def _pydantic_problems(where: str, exc: ValidationError, fields: list[str], help
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(section)"
         kind = err["type"]
-        if kind == "extra_forbidden":
+        if kind == "extra_forbidden":  # nested models; top-level keys are checked in validate_model
             known = ", ".join(fields)
             hint = _suggest(key, fields) if len(problems) < SHOWN_PROBLEMS else ""
             problems.append(Problem(f"{where} {_short(key)}", f"unknown key{hint}",
@@ -77,6 +77,32 @@ def _pydantic_problems(where: str, exc: ValidationError, fields: list[str], help
 #: Arrays and tables nested deeper than this are refused: no pipeline key needs more than a few
 #: levels, and Python's TOML reader (and JSON, pydantic) would hit the recursion limit at ~500.
 MAX_NESTING = 32
+
+
+def validate_model(where: str, model: type[BaseModel], raw: dict[str, Any], problems: list[Problem],
+                   help_hint: str) -> Any:
+    """``model.model_validate(raw)``, its problems appended; None when invalid.
+
+    Unknown keys (for models that forbid them) are found here rather than by pydantic, so only
+    the first few pay for a did-you-mean and a file with a million unknown keys stays fast.
+    """
+    fields = list(model.model_fields)
+    if model.model_config.get("extra") == "forbid":
+        unknown = [key for key in raw if key not in model.model_fields]
+        if unknown:
+            known = ", ".join(fields)
+            for key in unknown[:SHOWN_PROBLEMS]:
+                problems.append(Problem(f"{where} {_short(str(key))}", f"unknown key{_suggest(str(key), fields)}",
+                                        f"remove it; known keys: {known}"))
+            if len(unknown) > SHOWN_PROBLEMS:  # one problem for the rest: a million keys stay cheap
+                problems.append(Problem(where, f"{len(unknown) - SHOWN_PROBLEMS:,} more unknown keys",
+                                        f"remove them; known keys: {known}"))
+            raw = {key: value for key, value in raw.items() if key in model.model_fields}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(where, exc, fields, help_hint))
+        return None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -163,11 +189,10 @@ def check_sections(where: str, data: dict, problems: list[Problem]) -> dict[str,
             problems.append(Problem(f"{where} [{name}]", "section is missing",
                                     f"add [{name}] with path = \"...\""))
             continue
-        try:
-            parsed[name] = model.model_validate(raw)
-        except ValidationError as exc:
-            problems.extend(_pydantic_problems(f"{where} [{name}]", exc, list(model.model_fields),
-                                               f"see the README's pipeline file section for [{name}]"))
+        section = validate_model(f"{where} [{name}]", model, raw, problems,
+                                 f"see the README's pipeline file section for [{name}]")
+        if section is not None:
+            parsed[name] = section
     run = parsed.get("run")
     device = data.get("run", {}).get("device", "auto") if isinstance(data.get("run"), dict) else "auto"
     if isinstance(device, str) and not DEVICE_RE.match(device):
@@ -245,11 +270,10 @@ def check_stages(where: str, data: dict, problems: list[Problem]) -> list[StageS
         params_raw = {k: v for k, v in raw.items() if k not in ("use", "id")}
         spec = StageSpec(index=index, use=use, id=stage_id, raw=params_raw, cls=entry.cls,
                          plugin=entry.plugin, distribution=entry.distribution, version=entry.version)
-        try:
-            spec.params = entry.cls.Params.model_validate(params_raw)
-        except ValidationError as exc:
-            problems.extend(_pydantic_problems(here, exc, list(entry.cls.Params.model_fields),
-                                               f"see `imgflow stages show {use}` for what each key accepts"))
+        before = len(problems)
+        spec.params = validate_model(here, entry.cls.Params, params_raw, problems,
+                                     f"see `imgflow stages show {use}` for what each key accepts")
+        if spec.params is None or len(problems) > before:
             continue
         problems.extend(_stage_self_check(here, spec))
         specs.append(spec)

@@ -132,7 +132,13 @@ class StageChain:
     # -- lifetime
 
     def setup(self) -> None:
-        """Resolve the device, seed torch, set every stage up; a stage that cannot is a ConfigError."""
+        """Resolve the device, seed torch, set every stage up; a stage that cannot is a ConfigError.
+
+        Once: a first run sets the chain up before it creates the output folder, and the
+        executor's own call then finds it ready.
+        """
+        if self._ready:
+            return
         import torch
 
         self.device = resolve_device(self.device_spec)

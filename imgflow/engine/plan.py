@@ -12,8 +12,9 @@ This module imports no torch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,9 +87,11 @@ class Plan:
     Iterate :meth:`items` once; :attr:`skipped` counts what the filter left out so far.
     """
 
-    def __init__(self, pipeline: Pipeline, store: StateStore, fingerprint: str, options: RunOptions) -> None:
+    def __init__(self, pipeline: Pipeline, store: StateStore, fingerprint: str, options: RunOptions,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.pipeline = pipeline
         self.selector = Selector(store, fingerprint, options)
+        self.warn = warn
 
     @property
     def skipped(self) -> int:
@@ -101,19 +104,27 @@ class Plan:
 
     def items(self) -> Iterator[WorkItem]:
         """Every input this run must process, in the walk's stable order."""
-        for sf in walk_pipeline_inputs(self.pipeline):
+        for sf in walk_pipeline_inputs(self.pipeline, self.warn):
             work = self.selector.wants(sf)
             if work is not None:
                 yield work
 
 
-def walk_pipeline_inputs(pipeline: Pipeline) -> Iterator[SourceFile]:
-    """The pipeline's input files (include/exclude, recursion), never its own output folder."""
+def walk_pipeline_inputs(pipeline: Pipeline, warn: Callable[[str], None] | None = None) -> Iterator[SourceFile]:
+    """The pipeline's input files (include/exclude, recursion), never its own output folder.
+
+    ``warn`` hears of what the walk leaves out without a record: folders it cannot read and
+    folder links it does not follow (see :mod:`imgflow.io.links`).
+    """
     from imgflow.io.source import walk_inputs
+
+    def unreadable(path: Path, exc: OSError) -> None:
+        if warn is not None:
+            warn(f"{path}: cannot be read ({exc.strerror or exc}); skipped (fix: check its permissions)")
 
     p = pipeline
     return walk_inputs(p.input_path, include=p.include, exclude=p.exclude, recursive=p.recursive,
-                       skip_dirs=[p.output_path])
+                       skip_dirs=[p.output_path], on_error=unreadable, on_warning=warn)
 
 
 def decode_limits(pipeline: Pipeline, hint: DecodeHint | None) -> DecodeLimits:

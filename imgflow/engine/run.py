@@ -171,7 +171,9 @@ def _execute(pipeline: Pipeline, store: StateStore, fingerprint: str, chain: Sta
     from imgflow.executors import get_executor
     from imgflow.executors.base import Job
 
-    plan = Plan(pipeline, store, fingerprint, options)
+    from imgflow.display import capped_echo
+
+    plan = Plan(pipeline, store, fingerprint, options, warn=capped_echo(echo))
     writer = OutputWriter(pipeline.output_path, pipeline.output, OutputClaims(store.output_owner))
     job = Job(pipeline=pipeline, plan=plan, chain=chain, writer=writer, recorder=recorder, options=options,
               echo=echo)

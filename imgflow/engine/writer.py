@@ -35,9 +35,9 @@ class OutputClaims:
             if owner is None:
                 owner = self._recorded_owner(rel)
             if owner is not None and owner != source:
-                raise ItemError("output_exists", f"output {rel} belongs to input {owner}: two inputs map to "
-                                "one output name (fix: [output] naming = \"{name}{variant}.{ext}\" keeps "
-                                "the input's extension in the name, or format = \"same\")")
+                raise ItemError("output_collision", f"output {rel} belongs to input {owner}: both inputs map "
+                                "to that one output name (fix: [output] naming = \"{name}{variant}.{ext}\" "
+                                "keeps the input's extension in the name, or format = \"same\")")
             self._claims[rel] = source
 
     def release(self, source: str) -> None:

@@ -16,8 +16,10 @@ at any instant leaves no partial file under a final name and, rerun, redoes only
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,17 +88,29 @@ class LocalExecutor:
         from imgflow.engine.plan import decode_limits
         from imgflow.io.decodepool import DecodePool
 
+        refused: deque[WorkItem] = deque()  # matched by the walk, never to be opened (io/links.py)
+
         def works() -> Iterator[tuple[WorkItem, Any]]:
-            yield first, first.source.path
-            for work in rest:
+            for work in itertools.chain([first], rest):
                 if prefetch.stopping:
                     return
+                if work.source.refusal is not None:
+                    refused.append(work)
+                    continue
                 yield work, work.source.path
+
+        def refusals() -> Iterator[tuple[WorkItem, ItemError, float]]:
+            while refused:
+                work = refused.popleft()
+                yield work, ItemError(*work.source.refusal), 0.0
 
         run = job.pipeline.run
         with DecodePool(workers=run.workers, limits=decode_limits(job.pipeline, job.chain.decode_hint()),
                         timeout_s=run.decode_timeout_s) as pool:
-            yield from pool.imap_unordered(works())
+            for outcome in pool.imap_unordered(works()):
+                yield from refusals()
+                yield outcome
+            yield from refusals()
 
 
 class _Writers:
@@ -145,7 +159,7 @@ class _Writers:
         return written, time.perf_counter() - started
 
     def drain(self, block: bool) -> None:
-        """Record every finished write (done, or failed with write_error / output_exists)."""
+        """Record every finished write (done, or failed: write_error, output_exists, output_collision)."""
         while True:
             try:
                 result, timings, future = self.done.get(block=block, timeout=0.1 if block else None)

@@ -1,6 +1,7 @@
 """Files in and out: the input walk, decoding (in worker processes), encoding, names, atomic writes.
 
   source.py         the lazy, ordered, filtered walk over the input folder
+  links.py          the walk's policy for symlinks and special files, and its messages
   decode.py         one file -> pixels, defensively (caps, allowed formats, EXIF, ICC)
   modes.py          every Pillow mode into the four pixel layouts stages get
   decode_errors.py  failure messages with a fix, and a format guess from magic bytes
@@ -11,6 +12,7 @@
   naming.py         output formats and names that mirror the input tree
   encode.py         tensors and arrays -> JPEG, PNG (8/16-bit), WebP, TIFF bytes
   atomic.py         writes under the output root that are never partial and never escape it
+  outroot.py        the output root: writable or not, created, undone after a failed first run
 
 Nothing here imports torch.
 """

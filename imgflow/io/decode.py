@@ -25,7 +25,8 @@ file carried a usable ICC profile. Mode policy (why each is what it is):
 * ``CMYK`` (this includes Adobe/YCCK JPEGs, which Pillow opens as CMYK) -> RGB through the
   embedded ICC profile when there is one, else Pillow's naive conversion.
 * ``I;16*`` -> uint16 RGB with levels kept exactly. ``convert('RGB')`` would clip them to 8 bits
-  and make a 16-bit scan almost white.
+  and make a 16-bit scan almost white. With a PNG colour key (``tRNS``), uint16 RGBA: the key's
+  level is transparent.
 * ``I`` (32-bit integers) -> uint16 when every value fits 0..65535, else clipped (with a note).
 * ``F`` (32-bit float) -> uint16: values all within [0, 1] are taken as normalised intensities
   and scaled by 65535; otherwise values are clipped to 0..65535 and rounded (with a note); NaN
@@ -78,6 +79,7 @@ from imgflow.batch import ImageMeta
 from imgflow.errors import ItemError
 from imgflow.io.decode_errors import (
     decode_error,
+    format_refused,
     memory_error,
     pixel_bomb,
     too_large,
@@ -355,11 +357,7 @@ def _open(data: bytes, limits: DecodeLimits, source: str) -> ImageFile.ImageFile
     im = Image.open(io.BytesIO(data), formats=[f for f in limits.formats if f != "MPO"])
     if im.format not in limits.formats:
         im.close()
-        raise ItemError(
-            "unsupported_format",
-            f"{source}: a {im.format} file, which this pipeline does not read (fix: add "
-            f"{im.format} to the allowed formats, or convert the file)",
-        )
+        raise format_refused(source, im.format, limits.formats)
     return im
 
 

@@ -72,18 +72,26 @@ def decode_error(source: str, exc: BaseException) -> ItemError:
 def unidentified(source: str, data: bytes, limits: Limits) -> ItemError:
     """Pillow found no allowed format: say what the file looks like, and whether that is damage."""
     detected = sniff_format(data)
-    allowed = ", ".join(limits.formats)
     if detected in limits.formats:
         return ItemError(
             "decode_error",
             f"{source}: starts like a {detected} file but its header is damaged "
             f"({header_problem(data, detected)}) (fix: copy or export the file again)",
         )
-    what = f"detected format {detected}" if detected else "not a recognised image"
+    return format_refused(source, detected, limits.formats)
+
+
+def format_refused(source: str, detected: str | None, formats: tuple[str, ...]) -> ItemError:
+    """unsupported_format, in the one wording every format refusal uses.
+
+    ``detected`` is the format the file is (Pillow's name, or a guess from its magic bytes), or
+    None when it looks like no image at all.
+    """
+    what = f"a file in {detected} format" if detected else "not a recognised image"
     return ItemError(
         "unsupported_format",
-        f"{source}: {what}; imgflow reads {allowed} (fix: convert the file to one of those, or "
-        "leave it out with [input] include)",
+        f"{source}: {what}; imgflow reads {', '.join(formats)} (fix: convert the file to one of "
+        "those, or leave it out with [input] exclude)",
     )
 
 

@@ -42,9 +42,9 @@ def to_array(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
     """Convert a loaded image to one of the four output layouts; returns (pixels, bit_depth)."""
     mode = im.mode
     if mode in GRAY16_MODES:
-        return _gray3(np.asarray(im).astype(np.uint16)), 16
+        return _gray16(np.asarray(im).astype(np.uint16), im.info.get("transparency")), 16
     if mode == "I":
-        return _gray3(_int_to_u16(np.asarray(im), notes)), 16
+        return _gray16(_int_to_u16(np.asarray(im), notes), im.info.get("transparency")), 16
     if mode == "F":
         return _gray3(_float_to_u16(np.asarray(im), notes)), 16
     if mode in ("1", "L", "RGB") and "transparency" in im.info:
@@ -65,6 +65,18 @@ def to_array(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
         return np.asarray(im.convert("RGB")), 8
     notes.append(f"unusual mode {mode!r} converted to RGB by Pillow")
     return np.asarray(im.convert("RGB")), 8
+
+
+def _gray16(levels: np.ndarray, key: object) -> np.ndarray:
+    """16-bit gray as (H, W, 3), or (H, W, 4) when a PNG colour key (tRNS) marks a level transparent.
+
+    Without the key's alpha a transparent background would come out as an opaque grey.
+    """
+    gray = _gray3(levels)
+    if not isinstance(key, int) or isinstance(key, bool):
+        return gray
+    alpha = np.where(levels == key, 0, 65535).astype(np.uint16)
+    return np.concatenate([gray, alpha[..., None]], axis=2)
 
 
 def _gray3(gray: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgflow.errors import ConfigError
+from imgflow.io import links
 
 __all__ = [
     "DEFAULT_INCLUDE",
@@ -50,25 +51,27 @@ OnError = Callable[[Path, OSError], None]
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input file found by the walk.
+    """One input file found by the walk (or a matching entry that is refused: see ``refusal``).
 
-    ``path`` is exact (it may hold undecodable bytes as surrogates) and is what to open;
-    ``relpath`` is always valid UTF-8 text because it becomes the manifest key, a JSON string and a
-    SQLite TEXT value. ``size`` and ``mtime_ns`` let the state store notice a changed file.
+    ``path`` is what to open. ``relpath`` is the exact relative name, ``/``-separated: a name that
+    is not valid UTF-8 keeps each undecodable byte as a lone surrogate (``os.fsdecode``), so two
+    different files never share a relpath (the state store keys such names as bytes; people see
+    them escaped, see :mod:`imgflow.display`). ``size`` and ``mtime_ns`` let the state store
+    notice a changed file.
     """
 
     path: Path
     relpath: str
     size: int
     mtime_ns: int
+    refusal: tuple[str, str] | None = None  # (reason code, message): matched, but never to be read
 
 
 def relpath_text(name: str) -> str:
-    """A file-system name as valid UTF-8 text.
+    """A file-system name as valid UTF-8 text, for people: undecodable bytes shown as ``\\xNN``.
 
-    Names that are not valid UTF-8 arrive from ``os.scandir`` with surrogate escapes, which cannot
-    be encoded into JSON or SQLite; their raw bytes are shown as ``\\xNN`` instead. The mapping is
-    stable, so the same file gets the same manifest key on every run.
+    Not a key: ``caf\\xe9.jpg`` could also be a real name. Keys keep the exact name (see
+    :class:`SourceFile`).
     """
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
@@ -199,15 +202,21 @@ def walk_inputs(
     skip_dirs: Sequence[Path] = (),
     *,
     on_error: OnError | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Iterator[SourceFile]:
     """Yield the files under ``root`` that match ``include`` and not ``exclude``.
 
     Lazy: a generator that lists one directory at a time. Hidden names (``.imgflow`` state,
-    ``.DS_Store``) are skipped; symlinked directories are not entered (loops), symlinked files are
-    yielded; directories in ``skip_dirs`` (the output root inside the input root) are recognised by
-    device and inode, so ``in/../in/out`` or a symlink to it is skipped too. Files that vanish or
-    cannot be stat'ed during the walk are skipped; ``on_error(path, error)`` hears about them and
-    about unreadable directories, for logging.
+    ``.DS_Store``) are skipped; directories in ``skip_dirs`` (the output root inside the input
+    root) are recognised by device and inode, so ``in/../in/out`` or a symlink to it is skipped
+    too. Files that vanish during the walk are skipped; ``on_error(path, error)`` hears about
+    them and about unreadable directories, for logging.
+
+    Symlinks and special files follow :mod:`imgflow.io.links`: links (to files and folders
+    alike) are followed while they stay inside the input folder. A matching entry that cannot be
+    read as a file (a link leading outside, dangling or looping; a FIFO, socket or device) is
+    yielded with ``refusal`` set, so it gets a record instead of vanishing; a folder that is not
+    entered is reported to ``on_warning``.
 
     Raises :class:`ConfigError` at call time (not at the first ``next``) when ``root`` is missing,
     not a folder, or unreadable, because that is a configuration mistake, not a per-file one.
@@ -217,7 +226,8 @@ def walk_inputs(
     wanted = compile_globs(include)
     unwanted = compile_globs(exclude)
     skipped = _dir_identities(skip_dirs)
-    return _walk(root_text, wanted, unwanted, recursive, skipped, on_error)
+    walk = _Walk(root_text, wanted, unwanted, recursive, skipped, on_error, on_warning)
+    return walk.files()
 
 
 def _check_root(root: str) -> None:
@@ -248,43 +258,116 @@ def _dir_identities(dirs: Sequence[Path]) -> frozenset[tuple[int, int]]:
     return frozenset(found)
 
 
-def _walk(
-    root: str,
-    wanted: Callable[[str], bool],
-    unwanted: Callable[[str], bool],
-    recursive: bool,
-    skipped: frozenset[tuple[int, int]],
-    on_error: OnError | None,
-) -> Iterator[SourceFile]:
-    """Depth-first walk with an explicit stack of (directory relpath, remaining entries)."""
-    if _identity(root) in skipped:
-        return
-    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = []
-    listing = _list_dir(root, on_error)
-    if listing is None:
-        return
-    stack.append(("", iter(listing)))
-    while stack:
-        prefix, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
-            stack.pop()
-            continue
-        if entry.name.startswith("."):
-            continue
-        rel = prefix + relpath_text(entry.name)
-        if _is_real_dir(entry):
-            if not recursive or _entry_identity(entry) in skipped:
+@dataclass
+class _Frame:
+    """A folder being listed: its relpath prefix, what is left of its entries, its identity."""
+
+    prefix: str
+    entries: Iterator[os.DirEntry[str]]
+    identity: tuple[int, int] | None
+
+
+class _Walk:
+    """Depth-first walk with an explicit stack of folders (see :func:`walk_inputs`)."""
+
+    def __init__(self, root: str, wanted: Callable[[str], bool], unwanted: Callable[[str], bool],
+                 recursive: bool, skipped: frozenset[tuple[int, int]], on_error: OnError | None,
+                 on_warning: Callable[[str], None] | None) -> None:
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self.wanted = wanted
+        self.unwanted = unwanted
+        self.recursive = recursive
+        self.skipped = skipped
+        self.on_error = on_error
+        self.on_warning = on_warning
+        self.stack: list[_Frame] = []
+
+    def files(self) -> Iterator[SourceFile]:
+        identity = _identity(self.root)
+        if identity in self.skipped:
+            return
+        listing = _list_dir(self.root, self.on_error)
+        if listing is None:
+            return
+        self.stack.append(_Frame("", iter(listing), identity))
+        while self.stack:
+            frame = self.stack[-1]
+            entry = next(frame.entries, None)
+            if entry is None:
+                self.stack.pop()
                 continue
-            children = _list_dir(entry.path, on_error)
-            if children is not None:
-                stack.append((rel + "/", iter(children)))
-            continue
-        if not wanted(rel) or unwanted(rel):
-            continue
-        found = _source_file(entry, rel, on_error)
-        if found is not None:
-            yield found
+            if entry.name.startswith("."):
+                continue
+            rel = frame.prefix + entry.name
+            found = self._link(entry, rel) if entry.is_symlink() else self._plain(entry, rel)
+            if found is not None:
+                yield found
+
+    def _plain(self, entry: os.DirEntry[str], rel: str) -> SourceFile | None:
+        """A folder is entered; a file matching the globs is yielded (refused when not regular)."""
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as exc:  # vanished since the listing
+            if self.on_error is not None:
+                self.on_error(Path(entry.path), exc)
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            self._enter(entry.path, rel, (st.st_dev, st.st_ino))
+            return None
+        if not self._matches(rel):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return _refused(entry.path, rel, st, links.special_file(entry.path, st.st_mode))
+        return SourceFile(path=Path(entry.path), relpath=rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def _link(self, entry: os.DirEntry[str], rel: str) -> SourceFile | None:
+        """A symlink: followed inside the input folder, refused (with a record or a warning) outside."""
+        to = links.follow(entry.path, self.real_root)
+        if to.is_dir:
+            assert to.st is not None
+            if not self.recursive or self.unwanted(rel + "/"):
+                return None
+            identity = (to.st.st_dev, to.st.st_ino)
+            if identity in self.skipped:
+                return None
+            if not to.inside:
+                self._warn(links.outside_folder(entry.path, to.target, self.real_root))
+            elif any(frame.identity == identity for frame in self.stack):
+                self._warn(links.looping_folder(entry.path, to.target))
+            else:
+                self._enter(entry.path, rel, identity)
+            return None
+        if not self._matches(rel):
+            return None
+        own = entry.stat(follow_symlinks=False)  # the link itself: its size and mtime key the record
+        if to.st is None:
+            assert to.error is not None
+            return _refused(entry.path, rel, own, links.unreachable(entry.path, to.error))
+        if not to.inside:
+            return _refused(entry.path, rel, own, links.outside_file(entry.path, to.target, self.real_root))
+        if not stat.S_ISREG(to.st.st_mode):
+            return _refused(entry.path, rel, own, links.special_file(entry.path, to.st.st_mode))
+        return SourceFile(path=Path(entry.path), relpath=rel, size=to.st.st_size, mtime_ns=to.st.st_mtime_ns)
+
+    def _matches(self, rel: str) -> bool:
+        return self.wanted(rel) and not self.unwanted(rel)
+
+    def _enter(self, path: str, rel: str, identity: tuple[int, int]) -> None:
+        if not self.recursive or identity in self.skipped:
+            return
+        children = _list_dir(path, self.on_error)
+        if children is not None:
+            self.stack.append(_Frame(rel + "/", iter(children), identity))
+
+    def _warn(self, message: str) -> None:
+        if self.on_warning is not None:
+            self.on_warning(message)
+
+
+def _refused(path: str, rel: str, st: os.stat_result, refusal: tuple[str, str]) -> SourceFile:
+    """An entry that matched the globs but is not read: it gets a failed record, not silence."""
+    return SourceFile(path=Path(path), relpath=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, refusal=refusal)
 
 
 def _list_dir(path: str, on_error: OnError | None) -> list[os.DirEntry[str]] | None:
@@ -302,38 +385,9 @@ def _list_dir(path: str, on_error: OnError | None) -> list[os.DirEntry[str]] | N
         return None
 
 
-def _is_real_dir(entry: os.DirEntry[str]) -> bool:
-    """A directory that is not a symlink: symlinked directories could loop back up the tree."""
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False
-
-
 def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-def _entry_identity(entry: os.DirEntry[str]) -> tuple[int, int] | None:
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _source_file(entry: os.DirEntry[str], rel: str, on_error: OnError | None) -> SourceFile | None:
-    """Stat a matching entry (following a file symlink); None when it is gone or not a file."""
-    try:
-        st = entry.stat()  # follows symlinks: a linked file is read through the link
-    except OSError as exc:
-        if on_error is not None:
-            on_error(Path(entry.path), exc)
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None  # a symlink to a directory, a FIFO or a device: nothing to decode
-    return SourceFile(path=Path(entry.path), relpath=rel, size=st.st_size, mtime_ns=st.st_mtime_ns)

@@ -23,10 +23,13 @@ the main thread calls :meth:`record`. Reads that stream many rows (manifest expo
 ``failed_inputs``) use a second, short-lived connection so they see one consistent snapshot and
 never hold the lock while the caller works (:mod:`imgflow.state.reports`).
 
-Paths that are not valid UTF-8. The relpaths the walk gives are meant to be UTF-8-safe text,
-but a name decoded with ``surrogateescape`` contains lone surrogates, which SQLite cannot store
-as TEXT. Such a key is stored as a BLOB of its ``surrogatepass`` bytes: exact and reversible, and
-never equal to any TEXT key. Those rows sort after all text keys in the manifest.
+Paths that are not valid UTF-8. The walk gives a name that is not valid UTF-8 exactly as the
+OS does (``os.fsdecode``: each undecodable byte a lone surrogate), so the bytes ``caf\xe9.jpg``
+and a file literally named ``caf\\xe9.jpg`` are two keys. SQLite cannot store lone surrogates
+as TEXT, so such a key (input or output path) is stored as a BLOB of its ``surrogatepass``
+bytes: exact and reversible, and never equal to any TEXT key. Those rows sort after all text
+keys in the manifest, where JSON writes the surrogates as ``\\udcXX`` escapes (Python's
+``json.loads`` and ``os.fsencode`` give the exact bytes back).
 """
 
 from __future__ import annotations
@@ -220,7 +223,7 @@ class StateStore(StoreReports):
             for row in self._pending.values():
                 if relpath in json.loads(row[6]):
                     return from_db_key(row[0])
-            found = self._conn.execute("SELECT input FROM outputs WHERE relpath = ?", (relpath,)).fetchone()
+            found = self._conn.execute("SELECT input FROM outputs WHERE relpath = ?", (db_key(relpath),)).fetchone()
         return from_db_key(found[0]) if found else None
 
     def record(self, rec: ItemRecord) -> None:
@@ -254,7 +257,7 @@ class StateStore(StoreReports):
                 conn.executemany(UPSERT_ITEM, rows)
                 conn.executemany(
                     "INSERT OR REPLACE INTO outputs (relpath, input) VALUES (?, ?)",
-                    [(out, row[0]) for row in rows for out in json.loads(row[6])],
+                    [(db_key(out), row[0]) for row in rows for out in json.loads(row[6])],
                 )
 
             self._write(work)

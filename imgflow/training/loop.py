@@ -95,6 +95,8 @@ class TrainingRun:
             self.echo(f"imgflow: {plan.left_out} file(s) have no label and are left out of training")
         epochs = int(self.trainer.epochs())
         self.chain.setup()
+        for sf in plan.refused:
+            self._record_failure(sf, ItemError(*sf.refusal), {})
         if saved is not None:
             self._resume(saved)
         else:

@@ -22,6 +22,7 @@ class TrainingPlan:
     train: list[SourceFile]
     val: list[SourceFile]
     left_out: int
+    refused: list[SourceFile]  # matched, but never opened (links outside, FIFOs: io/links.py)
 
     def order(self, seed: int, epoch: int) -> list[SourceFile]:
         """The training files shuffled for ``epoch``: fixed by seed and epoch, nothing else."""
@@ -37,7 +38,11 @@ def plan_training(pipeline: Pipeline, trainer: Stage) -> TrainingPlan:
     train: list[SourceFile] = []
     val: list[SourceFile] = []
     left_out = 0
+    refused: list[SourceFile] = []
     for sf in walk_pipeline_inputs(pipeline):
+        if sf.refusal is not None:
+            refused.append(sf)
+            continue
         split = trainer.split_of(sf.relpath)
         if split == "train":
             train.append(sf)
@@ -53,4 +58,4 @@ def plan_training(pipeline: Pipeline, trainer: Stage) -> TrainingPlan:
                           f"({len(val)} validation, {left_out} unlabelled) (fix: check [input] path "
                           "and include, and the folder layout the stage expects)")
     val.sort(key=lambda sf: sf.relpath)
-    return TrainingPlan(train=train, val=val, left_out=left_out)
+    return TrainingPlan(train=train, val=val, left_out=left_out, refused=refused)

@@ -42,7 +42,9 @@ def _check_size(value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(ok(v) for v in value):
         return tuple(value)
-    raise ValueError(f"expected an int >= 1 or [height, width] of ints >= 1, got {value!r}")
+    shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:80]}..."
+    raise ValueError(f"expected an int >= 1 or [height, width] of ints >= 1, got {shown} "
+                     "(fix: e.g. size = 256, or size = [200, 300] for height 200 and width 300)")
 
 
 Size = Annotated[int | tuple[int, int], BeforeValidator(_check_size)]
@@ -247,18 +249,19 @@ def jitter_range(
     A number v means ``[center - v, center + v]`` (the lower end clipped at 0 for factors); a
     pair is taken as is. Raises ValueError, naming the accepted range, when it is out of bounds.
     """
+    inside = f"[{bounds[0]:g}, {'no upper limit' if bounds[1] == INF else format(bounds[1], 'g')}]"
     if isinstance(value, (int, float)):
         if value < 0:
-            raise ValueError(f"expected a number >= 0 or a [min, max] pair, got {value}")
+            raise ValueError(f"expected a number >= 0 or a [min, max] pair, got {value} (fix: a strength "
+                             f"is >= 0, e.g. 0.2 draws from [{max(center - 0.2, bounds[0]):g}, {center + 0.2:g}])")
         lo, hi = center - value, center + value
         if clip_at_zero:
             lo = max(lo, 0.0)
     else:
         lo, hi = float(value[0]), float(value[1])
     if not bounds[0] <= lo <= hi <= bounds[1]:
-        raise ValueError(
-            f"expected a range inside [{bounds[0]}, {bounds[1]}] with min <= max, got [{lo}, {hi}]"
-        )
+        raise ValueError(f"expected a range inside {inside} with min <= max, got [{lo:g}, {hi:g}] "
+                         f"(fix: give [min, max] with min <= max, both inside {inside})")
     return None if lo == hi == center else (lo, hi)
 
 
@@ -428,14 +431,16 @@ def parse_op(index: int, raw: Any) -> OpSpec:
     """
     where = f"ops[{index}]"
     if not isinstance(raw, dict):
-        raise ValueError(f'{where}: expected a table like {{op = "flip_horizontal"}}, got {raw!r}')
+        raise ValueError(f'{where}: expected a table, got {raw!r} (fix: write each op as a table, e.g. '
+                         '{op = "flip_horizontal", p = 0.5})')
     name = raw.get("op")
     if not isinstance(name, str) or name not in OPS:
         raise ValueError(f"{where}: {_unknown_op(name)}")
     cls = OPS[name]
     p = raw.get("p", _gate_default(cls))
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-        raise ValueError(f"{where}.p ({name}): expected a probability in [0, 1], got {p!r}")
+        raise ValueError(f"{where}.p ({name}): expected a probability in [0, 1], got {p!r} "
+                         "(fix: e.g. p = 0.5 runs the op on half the copies)")
     rest = {k: v for k, v in raw.items() if k not in ("op", "p")}
     if "p" in cls.Params.model_fields:
         rest["p"] = 1.0
@@ -452,8 +457,8 @@ def _unknown_op(name: Any) -> str:
     if name is None:
         return f"missing 'op' (fix: set op to one of {known})"
     close = difflib.get_close_matches(str(name), list(OPS), n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"choose one of {known}"
-    return f"unknown op {name!r} ({hint})"
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown op {name!r}{hint} (fix: choose one of {known})"
 
 
 def _describe(where: str, name: str, err: Any) -> str:
@@ -467,7 +472,7 @@ def _describe(where: str, name: str, err: Any) -> str:
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(["p", *(k for k in OPS[name].Params.model_fields if k != "p")])
         return f"{head}: unknown parameter (fix: {name} takes {allowed})"
-    return f"{head}: {err['msg']}, got {err['input']!r}"
+    return f"{head}: {err['msg']}, got {err['input']!r} (fix: see `imgflow stages show {name}`)"
 
 
 class AugmentParams(Params):
@@ -485,14 +490,16 @@ class AugmentParams(Params):
     @field_validator("ops")
     @classmethod
     def _ops_valid(cls, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from imgflow.display import capped
+
         problems = []
         for i, raw in enumerate(ops):
             try:
                 parse_op(i, raw)
             except ValueError as exc:
                 problems.append(str(exc))
-        if problems:
-            raise ValueError("; ".join(problems))
+        if problems:  # a long list of bad ops reads as its first few and a count
+            raise ValueError("; ".join(capped(problems, more="more problems in ops")))
         return ops
 
 

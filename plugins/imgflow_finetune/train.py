@@ -135,7 +135,9 @@ class TrainClassifierParams(Params):
     @classmethod
     def _freeze_valid(cls, v: list[str] | int) -> list[str] | int:
         if isinstance(v, int) and v < 0:
-            raise ValueError(f"expected a number of blocks >= 0 or a list of module names, got {v}")
+            raise ValueError(f"expected a number of blocks >= 0 or a list of module names, got {v} "
+                             "(fix: freeze = 0 trains every layer; freeze = 2 keeps the first two blocks fixed; "
+                             "or name modules, e.g. [\"conv1\", \"layer1\"])")
         if isinstance(v, list) and any(not name.strip() for name in v):
             raise ValueError("a module name in the list is empty (fix: e.g. [\"conv1\", \"layer1\"])")
         return v
