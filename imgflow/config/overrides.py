@@ -28,11 +28,18 @@ class Overrides:
 
 
 def parse_value(text: str) -> Any:
-    """A -p value as a TOML value (numbers, booleans, arrays, quoted strings), else plain text."""
+    """A -p value as a TOML value (numbers, booleans, arrays, quoted strings), else plain text.
+
+    A value nested deeper than a pipeline file may be (``MAX_NESTING``) stays plain text, which
+    the stage's parameter check then refuses with a message.
+    """
+    from imgflow.config.validate import MAX_NESTING, nesting_depth
+
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
+    return text if nesting_depth(value) > MAX_NESTING else value
 
 
 def apply_overrides(data: dict[str, Any], ov: Overrides, problems: list[Problem]) -> dict[str, Any]:
