@@ -54,6 +54,7 @@ def problems_of(path: Path, **overrides) -> str:
     ("batch_size", "true", "expected an integer, got true"),
     ("max_file_mb", "true", "expected a number, got true"),
     ("max_pixels", "99999999999999999999999", "fits in 64 bits"),
+    ("decode_timeout_s", "1e300", "less than or equal to 86400"),  # once: OverflowError in the pool
 ])
 def test_run_values_are_checked_by_validate(pipe, key, value, expected):
     text = pipe.read_text().replace("[run]\n", f"[run]\n{key} = {value}\n")
@@ -111,6 +112,13 @@ def test_output_folder_below_a_file_is_caught_by_validate(pipe, tmp_path):
     (tmp_path / "afile").write_text("x")
     code, out = validate(pipe, "-o", tmp_path / "afile" / "sub")
     assert code == 2 and "which is a file, not a folder" in out, out
+    (tmp_path / "taken" / ".imgflow").parent.mkdir()
+    (tmp_path / "taken" / ".imgflow").write_text("x")
+    code, out = validate(pipe, "-o", tmp_path / "taken")
+    assert code == 2 and ".imgflow is a file where imgflow keeps its state folder" in out, out
+    result = CliRunner().invoke(cli, ["run", str(pipe), "-o", str(tmp_path / "afile" / "sub")],
+                                catch_exceptions=False)
+    assert result.exit_code == 2 and "internal error" not in result.output, result.output
 
 
 def _make_unwritable(folder: Path) -> list[str]:

@@ -21,6 +21,9 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 SEED_MAX = 2**63 - 1  # what SQLite, numpy and torch all take as a seed
+# Upper bounds far beyond any real use, below what the OS's timers and sizes overflow at.
+DAY_S = 86_400.0
+TIB_IN_MB = 1024.0 * 1024.0
 
 
 def _default_workers() -> int:
@@ -84,10 +87,11 @@ class RunSection(_Section):
                          description="Decode worker processes (and encode threads).")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for every random draw (per item, reproducible).")
     max_pixels: int = Field(100_000_000, ge=1, description="Refuse images with more pixels (decompression bombs).")
-    max_file_mb: float = Field(512, gt=0, description="Refuse files larger than this many MiB.")
-    worker_memory_mb: int | None = Field(4096, ge=64, description="Address-space cap per decode worker.")
-    decode_timeout_s: float = Field(120.0, gt=0, description="Kill a decode worker stuck this long on one file.")
-    prefetch_mb: float = Field(256, gt=0, description="Decoded pixels held ahead of the stages (MiB).")
+    max_file_mb: float = Field(512, gt=0, le=TIB_IN_MB, description="Refuse files larger than this many MiB.")
+    worker_memory_mb: int | None = Field(4096, ge=64, le=2**40, description="Address-space cap per decode worker.")
+    decode_timeout_s: float = Field(120.0, gt=0, le=DAY_S,
+                                    description="Kill a decode worker stuck this long on one file (at most a day).")
+    prefetch_mb: float = Field(256, gt=0, le=TIB_IN_MB, description="Decoded pixels held ahead of the stages (MiB).")
     decode_downscale: bool = Field(
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
     checkpoint_every: int = Field(

@@ -54,6 +54,9 @@ def output_folder_problem(path: Path) -> tuple[str, str] | None:
         return (f"{what} is not writable ({_why_not_writable(existing)})",
                 "choose a folder you can write to, or change its permissions or mount options")
     state = path / ".imgflow"
+    if os.path.lexists(state) and not os.path.isdir(state):
+        return (f"{state} is a file where imgflow keeps its state folder",
+                "move or remove that file, or choose another output folder")
     if state.is_dir() and not os.access(state, os.W_OK | os.X_OK):
         return (f"{state} (imgflow's state) is not writable ({_why_not_writable(state)})",
                 "make it writable by the user running imgflow")
@@ -103,6 +106,9 @@ def make_output_root(path: Path) -> list[Path]:
 
 def startup_error(path: Path, exc: OSError) -> ConfigError:
     """An OS error while a run takes over its output root (lock, state), as a ConfigError."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return ConfigError(f"[output] path: {exc.filename or path} is a file where imgflow needs a folder "
+                           "(fix: move or remove that file, or choose another output folder)")
     return ConfigError(f"[output] path: cannot use {exc.filename or path}: {_reason(exc)} "
                        "(fix: make the output folder writable by the user running imgflow, or choose "
                        "another)")
