@@ -129,7 +129,7 @@ def pipeline_finish(run, summary):
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert events[0]["kind"] == "start" and events[0]["stages"] == ["resize"]
     assert sorted(e["input"] for e in events if e["kind"] == "item") == ["img0000.jpg", "img0001.jpg", "img0002.jpg"]
-    assert events[-1] == {"kind": "finish", "counts": {"done": 3, "failed": 0, "skipped": 0}}
+    assert events[-1] == {"kind": "finish", "counts": {"done": 3, "failed": 0, "skipped": 0, "failed_before": 0}}
 
 
 def test_help_is_fast_and_does_not_import_torch():
