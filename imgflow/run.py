@@ -1,5 +1,8 @@
 """One run of one pipeline, from the lock to the manifest (DESIGN.md §2).
 
+It sits above the engine, the executors and the training loop: it builds the engine's pieces and
+hands them to whichever runs the work.
+
     lock the output folder -> open the state store -> begin a run row -> sweep what a killed run
     left -> build the plan, the stage chain, the writer and the recorder -> hand them to an
     executor (or to the training loop, when the last stage consumes) -> run-level exports ->
