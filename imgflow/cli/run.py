@@ -33,7 +33,7 @@ def run(pipeline: Path, input_path: str | None, output_path: str | None, device:
       imgflow run nightly.toml --retry-failed  # only redo what failed
     """
     from imgflow.engine.results import RunOptions
-    from imgflow.engine.run import run_pipeline
+    from imgflow.run import run_pipeline
 
     if force and retry_failed:
         raise click.UsageError("--force and --retry-failed exclude each other")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class Job:
-    """One run's pieces, built by :mod:`imgflow.engine.run` under the output lock."""
+    """One run's pieces, built by :mod:`imgflow.run` under the output lock."""
 
     pipeline: Pipeline
     plan: Plan

@@ -1,5 +1,8 @@
 """One run of one pipeline, from the lock to the manifest (DESIGN.md §2).
 
+It sits above the engine, the executors and the training loop: it builds the engine's pieces and
+hands them to whichever runs the work.
+
     check the output folder -> build the stages and the fingerprint -> (first run on this
     folder: set the stages up) -> create the folder -> lock it -> open the state store -> begin a
     run row -> sweep what a killed run left -> build the plan, the writer and the recorder ->
