@@ -9,6 +9,8 @@ booleans and real numbers, so two of its conversions only hide mistakes:
   (``decode_timeout_s = inf``). Here every float must be finite.
 * TOML integers are 64-bit, but Python's reader takes any size, and a larger one fails far from
   the file (SQLite, torch's seeding). Here an integer must fit in a signed 64-bit integer.
+* A NUL character (``"\u0000"`` in TOML) in a text value makes every file-system call on it
+  raise deep inside a run. Here no text value may hold one.
 
 :class:`ScalarRules` is the base of the pipeline's section models (:mod:`imgflow.config.sections`)
 and of every stage's ``Params`` (:class:`imgflow.stage.Params`), so a third-party stage gets the
@@ -35,7 +37,7 @@ def _kind(value: Any) -> str:
 
 
 class ScalarRules(BaseModel):
-    """Base model: finite floats, 64-bit integers, and no boolean where a number is expected."""
+    """Base model: finite floats, 64-bit integers, no NUL in text, no boolean as a number."""
 
     model_config = ConfigDict(allow_inf_nan=False)
 
@@ -55,6 +57,9 @@ class ScalarRules(BaseModel):
             kind = _kind(result)
             raise ValueError(f"expected {kind}, got {shown} (fix: give {info.field_name} {kind}; "
                              "true/false only fit on/off keys)")
+        if isinstance(result, str) and "\x00" in result:
+            raise ValueError(f"{value!r} contains a NUL character, which no path or name may hold "
+                             "(fix: remove the \\u0000)")
         if isinstance(result, int) and not isinstance(result, bool) and not INT64_MIN <= result <= INT64_MAX:
             raise ValueError(f"expected an integer that fits in 64 bits (up to 2^63 - 1), got {result} "
                              f"(fix: give {info.field_name} a smaller value)")

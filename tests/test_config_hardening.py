@@ -83,7 +83,9 @@ def test_nul_in_a_path_bom_and_deep_nesting(pipe, tmp_path):
     nul = tmp_path / "nul.toml"
     nul.write_text(text.replace('path = "out"', 'path = "out\\u0000x"'))
     code, out = validate(nul)
-    assert code == 2 and "[output] path: path 'out\\x00x' contains a NUL character" in out, out
+    assert code == 2 and "[output] path: 'out\\x00x' contains a NUL character" in out, out
+    style = write_pipeline(tmp_path / "t.toml", input="in", output="out", stages=[{"use": "tag", "label": "a\x00"}])
+    assert "(tag) label: 'a\\x00' contains a NUL character" in problems_of(style)  # any text value
 
     bom = tmp_path / "bom.toml"
     bom.write_bytes(b"\xef\xbb\xbf" + text.encode())  # what Windows Notepad writes
@@ -149,14 +151,14 @@ def test_an_unwritable_output_folder_is_exit_2_for_validate_and_run(pipe, tmp_pa
         locked.chmod(0o755)
 
 
-def test_a_million_unknown_keys_print_one_screen(pipe, tmp_path):
-    lines = [f"k{i} = 1" for i in range(200_000)]
+def test_a_hundred_thousand_unknown_keys_print_one_screen(pipe, tmp_path):
+    lines = [f"k{i} = 1" for i in range(100_000)]
     append(pipe, "\n".join(lines) + "\n")
     started = time.perf_counter()
     code, out = validate(pipe)
     assert code == 2 and time.perf_counter() - started < 15
     assert out.count("\n") < 30 and len(out) < 5000, out[:3000]
-    assert "199,980 more unknown keys" in out and "k0: unknown key" in out
+    assert "99,980 more unknown keys" in out and "k0: unknown key" in out
 
 
 def test_every_parameter_problem_names_a_fix(test_plugin):

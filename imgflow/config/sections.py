@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from imgflow.io.naming import DEFAULT_TEMPLATE
 from imgflow.io.source import DEFAULT_INCLUDE
@@ -30,16 +30,6 @@ def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2)))
 
 
-def _no_nul(path: str) -> str:
-    """The OS cannot open a path with a NUL byte in it (Python raises deep inside the run)."""
-    if "\x00" in path:
-        raise ValueError(f"path {path!r} contains a NUL character (fix: remove the \\u0000 from it)")
-    return path
-
-
-PathText = Annotated[str, AfterValidator(_no_nul)]
-
-
 class _Section(ScalarRules):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,7 +41,7 @@ class PipelineSection(_Section):
 
 
 class InputSection(_Section):
-    path: PathText = Field(..., description="Folder of images to read (relative to the pipeline file).")
+    path: str = Field(..., description="Folder of images to read (relative to the pipeline file).")
     include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE),
                                description="Glob patterns (** for any folders), case-insensitive.")
     exclude: list[str] = Field(default_factory=list, description="Glob patterns to leave out.")
@@ -59,7 +49,7 @@ class InputSection(_Section):
 
 
 class OutputSection(_Section):
-    path: PathText = Field(..., description="Output root (relative to the pipeline file).")
+    path: str = Field(..., description="Output root (relative to the pipeline file).")
     format: Literal["jpeg", "png", "webp", "tiff", "same"] = Field(
         "same", description="Image format of outputs; 'same' keeps the input's format.")
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality.")
