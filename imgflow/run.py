@@ -64,7 +64,7 @@ def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,
         except OSError as exc:
             raise startup_error(out, exc) from exc
         try:
-            return _run_locked(pipeline, options, echo, chain, fingerprint, created if fresh else [])
+            return _run_locked(pipeline, options, echo, chain, fingerprint, created if fresh else None)
         finally:
             lock.release()
     finally:
@@ -85,15 +85,16 @@ def _has_inputs(pipeline: Pipeline) -> bool:
 
 
 def _run_locked(pipeline: Pipeline, options: RunOptions, echo: Callable[[str], None], chain: StageChain,
-                fingerprint: str, created: list[Path]) -> RunResult:
-    """The run proper; ``created``: the folders this (first) run made, removed if it stops early."""
+                fingerprint: str, created: list[Path] | None) -> RunResult:
+    """The run proper. ``created`` is None unless this is the folder's first run; then it lists
+    the folders the run made, removed with the run's own files if it stops early."""
     from imgflow.io.outroot import remove_created
 
     counts: dict[str, int] = {}
     try:
         return _run_recorded(pipeline, options, echo, chain, fingerprint, counts)
     except ImgflowError as exc:
-        if created and exc.exit_code == EXIT_CONFIG and not counts.get("done") and not counts.get("failed"):
+        if created is not None and exc.exit_code == EXIT_CONFIG and not counts.get("done") and not counts.get("failed"):
             remove_created(pipeline.output_path, created)
         raise
 

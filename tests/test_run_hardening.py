@@ -105,6 +105,10 @@ def test_a_config_error_later_in_a_first_run_removes_what_it_made(tmp_path, plug
     code, text = invoke("run", pipe)
     assert code == 2 and "no training images found" in text, text
     assert not out.exists(), sorted(str(p) for p in out.rglob("*"))
+    out.mkdir()  # a folder of the user's: only what the run made goes again
+    (out / "notes.txt").write_text("mine")
+    assert invoke("run", pipe)[0] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_a_run_waiting_on_a_removed_lock_takes_a_fresh_one(tmp_path):
@@ -154,7 +158,7 @@ def test_odd_names_are_escaped_for_people_exact_in_the_manifest_and_never_silent
     images = tmp_path / "in"
     write_images(images, 1, prefix="plain")
     src = images / "plain0000.jpg"
-    forged = "x.jpg\nimgflow: p: 999 done, 0 failed.jpg"
+    forged = "boom.jpg\nimgflow: p: 999 done, 0 failed.jpg"  # fails (marker "boom"): a failure line
     (images / forged).write_bytes(src.read_bytes())
     (images / "boom\x1b[31mred.jpg").write_bytes(src.read_bytes())
     raw = os.path.join(os.fsencode(images), b"caf\xe9.jpg")  # not UTF-8 ...
@@ -173,20 +177,21 @@ def test_odd_names_are_escaped_for_people_exact_in_the_manifest_and_never_silent
     assert code == 1, text
     lines = text.splitlines()
     assert all(line.startswith(("imgflow: ", "  failed ", "  ...")) for line in lines), text
-    assert "4 done, 4 failed" in text
-    assert "x.jpg\\nimgflow: p: 999 done" not in text  # the name is in no line: it was not failed
+    assert "3 done, 5 failed" in text
+    assert "  failed boom.jpg\\nimgflow: p: 999 done, 0 failed.jpg: [stage_error]" in text
     assert "  failed boom\\x1b[31mred.jpg: [stage_error]" in text
     assert "  failed dangling.jpg: [unreadable]" in text and "does not exist" in text
     assert "  failed outside.jpg: [outside_input]" in text
     assert "  failed pipe.jpg: [unreadable]" in text and "FIFO" in text
 
     recs = records(out)
-    assert forged in recs and recs[forged]["status"] == "done"
+    assert forged in recs and recs[forged]["status"] == "failed"  # the exact name, JSON-escaped
     assert "caf\udce9.jpg" in recs and "caf\\xe9.jpg" in recs, sorted(recs)  # two inputs, two keys
     assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xe9.png")) and (out / "caf\\xe9.png").exists()
 
     code, text = invoke("status", out)
     assert "boom\\x1b[31mred.jpg: [stage_error]" in text and "\x1b" not in text, text
+    assert "boom.jpg\\nimgflow: p: 999 done" in text and "\nimgflow: p: 999" not in text
     assert invoke("run", pipe)[0] == 1  # nothing was redone and nothing collided
     assert records(out)["caf\udce9.jpg"]["run_id"] == recs["caf\udce9.jpg"]["run_id"]
 
