@@ -151,14 +151,14 @@ def test_an_unwritable_output_folder_is_exit_2_for_validate_and_run(pipe, tmp_pa
         locked.chmod(0o755)
 
 
-def test_a_hundred_thousand_unknown_keys_print_one_screen(pipe, tmp_path):
-    lines = [f"k{i} = 1" for i in range(100_000)]
+def test_fifty_thousand_unknown_keys_print_one_screen(pipe, tmp_path):
+    lines = [f"k{i} = 1" for i in range(50_000)]
     append(pipe, "\n".join(lines) + "\n")
     started = time.perf_counter()
     code, out = validate(pipe)
     assert code == 2 and time.perf_counter() - started < 15
     assert out.count("\n") < 30 and len(out) < 5000, out[:3000]
-    assert "99,980 more unknown keys" in out and "k0: unknown key" in out
+    assert "49,980 more unknown keys" in out and "k0: unknown key" in out
 
 
 def test_every_parameter_problem_names_a_fix(test_plugin):
