@@ -86,6 +86,7 @@ class Plan:
     def __init__(self, pipeline: Pipeline, store: StateStore, fingerprint: str, options: RunOptions) -> None:
         self.pipeline = pipeline
         self.selector = Selector(store, fingerprint, options)
+        self.matched = 0  # input files the walk found so far, selected or not (0: empty input)
 
     @property
     def skipped(self) -> int:
@@ -94,6 +95,7 @@ class Plan:
     def items(self) -> Iterator[WorkItem]:
         """Every input this run must process, in the walk's stable order."""
         for sf in walk_pipeline_inputs(self.pipeline):
+            self.matched += 1
             work = self.selector.wants(sf)
             if work is not None:
                 yield work

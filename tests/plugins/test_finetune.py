@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -502,7 +503,8 @@ def test_classify_top_k_and_sorted_copies(tiny, tmp_path):
     (None, "no such file"),
     (b"not a checkpoint", "not a readable PyTorch checkpoint"),
     ("plain", "not an imgflow classifier checkpoint"),
-    ("object", "holds Python objects"),
+    ("object", "contains Python objects"),
+    ("pickle", "contains Python objects"),  # a plain pickle is not "truncated" (issue 10, item 12)
 ])
 def test_classify_refuses_bad_weights_naming_the_file(tmp_path, content, needle):
     path = tmp_path / "model.pt"
@@ -510,6 +512,8 @@ def test_classify_refuses_bad_weights_naming_the_file(tmp_path, content, needle)
         torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     elif content == "object":
         torch.save({"format": "imgflow-classifier", "hook": Path("x")}, path)
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps({"format": "imgflow-classifier", "hook": Path("x")}))
     elif content is not None:
         path.write_bytes(content)
     stage = Classify(ClassifyParams(weights=str(path)), StageContext(stage_id="classify"))

@@ -316,7 +316,7 @@ def test_style_fast_params_and_fingerprint(tmp_path):
     (tmp_path / "s.pth").write_bytes(b"1234")
     print_ = fast_stage(setup=False, weights="s.pth", pipeline_dir=tmp_path).fingerprint()
     assert print_["weights"] == str(tmp_path / "s.pth") and print_["size"] == 4
-    assert fast_stage(setup=False).fingerprint() == {"weights": "random@0"}
+    assert fast_stage(setup=False).fingerprint() == {"weights": "random@0", "untrained": True}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,7 +491,7 @@ def test_fingerprint_follows_the_style_bytes(tmp_path, style_file):
     stage = StyleOptimize(StyleOptimizeParams(style="s.png", vgg_weights="random"),
                           StageContext(stage_id="s", pipeline_dir=tmp_path))
     first = stage.fingerprint()
-    assert first["vgg"] == {"weights": "random"} and len(first["style"]["sha256"]) == 64
+    assert first["vgg"] == {"weights": "random@0", "untrained": True} and len(first["style"]["sha256"]) == 64
     Image.new("RGB", (8, 8), "red").save(copy)
     assert stage.fingerprint()["style"] != first["style"]
 
