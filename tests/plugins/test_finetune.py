@@ -153,6 +153,7 @@ def test_registered_urls_equal_torchvision_weights_enums(finetune_plugin):
         assert MODELS[model][0] == official.url, model
         spec = models.get(registry_name(model))
         assert spec.url == official.url and spec.stage == "train.classifier"
+        assert spec.approx_size == round(official.meta["_file_size"] * 2**20)  # what models list shows
         assert spec.sha256_prefix == official.url.rsplit("-", 1)[1].removesuffix(".pth")
         # the architecture we build has exactly the key layout of the official checkpoint
         assert official.meta["num_params"] == sum(p.numel() for p in networks.build(model).parameters())

@@ -223,6 +223,7 @@ def test_registered_urls_equal_torchvision_weights_enums(segment_plugin):
         assert official.meta["categories"][1:] == list(VOC_CLASSES[1:])  # theirs: "__background__"
         spec = models.get(registry_name(model))
         assert spec.url == official.url and spec.stage == "segment"
+        assert spec.approx_size == round(official.meta["_file_size"] * 2**20)  # what models list shows
         assert spec.sha256_prefix == official.url.rsplit("-", 1)[1].removesuffix(".pth")
 
 

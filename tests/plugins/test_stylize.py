@@ -332,6 +332,7 @@ def test_registered_vgg_urls_equal_torchvision_weights_enums(stylize_plugin):
     for name, enum in ((VGG19, VGG19_Weights.IMAGENET1K_V1), (VGG16, VGG16_Weights.IMAGENET1K_V1)):
         spec = models.get(name)
         assert spec.url == enum.url
+        assert spec.approx_size == round(enum.meta["_file_size"] * 2**20)  # what models list shows
         assert spec.sha256_prefix == enum.url.rsplit("-", 1)[1].removesuffix(".pth")
 
 
