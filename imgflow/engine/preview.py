@@ -20,9 +20,11 @@ An input folder in which nothing matches ``include`` is reported by :func:`no_in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -137,24 +139,16 @@ def _training_items(pipeline: Pipeline, trainer: Any) -> list[dict[str, str]]:
     return items
 
 
-class _read_state:  # noqa: N801 - used as a context manager, like open()
+@contextlib.contextmanager
+def _read_state(pipeline: Pipeline) -> Iterator[Any]:
     """The output folder's store opened read-only, or a stand-in when no run has written it."""
+    from imgflow.state import STATE_DIR, STATE_FILE, StateStore
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self.store: Any = None
-
-    def __enter__(self) -> Any:
-        from imgflow.state import STATE_DIR, STATE_FILE, StateStore
-
-        if not (self.pipeline.output_path / STATE_DIR / STATE_FILE).is_file():
-            return _NoState()
-        self.store = StateStore(self.pipeline.output_path, readonly=True)
-        return self.store
-
-    def __exit__(self, *exc: object) -> None:
-        if self.store is not None:
-            self.store.close()
+    if not (pipeline.output_path / STATE_DIR / STATE_FILE).is_file():
+        yield _NoState()
+        return
+    with StateStore(pipeline.output_path, readonly=True) as store:
+        yield store
 
 
 def no_input_message(pipeline: Pipeline) -> str:
