@@ -39,7 +39,9 @@ def _files_of(target: Any) -> tuple[Path, list[Path]]:
     if isinstance(target, str | Path):
         path = Path(target).resolve()
     else:
-        module = target if isinstance(target, ModuleType) else sys.modules[inspect.getmodule(target).__name__.split(".")[0]]
+        if not isinstance(target, ModuleType):  # a class or function: its top-level package
+            target = sys.modules[inspect.getmodule(target).__name__.split(".")[0]]
+        module = target
         path = Path(inspect.getfile(module)).resolve()
         if path.name == "__init__.py":
             path = path.parent

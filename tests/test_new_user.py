@@ -246,7 +246,8 @@ def test_colorize_takes_random_weights(tmp_path):
     assert out.items[0].results["colorize"]["weights"] == f"random@{first.random_seed()} (untrained)"
     second = stage()
     second.setup(torch.device("cpu"))  # the same seed gives the same untrained network
-    assert all(torch.equal(a, b) for a, b in zip(first.net.state_dict().values(), second.net.state_dict().values(), strict=True))
+    pairs = zip(first.net.state_dict().values(), second.net.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_classifier_stages_take_random_weights(tmp_path):
@@ -268,7 +269,8 @@ def test_classifier_stages_take_random_weights(tmp_path):
     facts = trainer.fingerprint()
     assert facts["backbone"]["untrained"] is True and trainer.preflight() == []
     first, second = trainer._pretrained_backbone(), trainer._pretrained_backbone()  # noqa: SLF001
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
+    pairs = zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 # ---------------------------------------------------------------- item 12 (part): validate, resize

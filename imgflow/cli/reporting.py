@@ -61,7 +61,8 @@ def validate_doc(pipe: Pipeline, warnings: list[str]) -> dict[str, Any]:
 
 def validate_lines(shown_path: str, pipe: Pipeline, warnings: list[str]) -> list[str]:
     """``validate`` for a valid pipeline, for people."""
+    excluded = f"; exclude: {', '.join(pipe.exclude)}" if pipe.exclude else ""
     lines = [f"{shown_path}: ok: {pipe.input_path} -> {pipe.output_path}; stages: {stage_names(pipe)}",
-             f"  include: {', '.join(pipe.include)}" + (f"; exclude: {', '.join(pipe.exclude)}" if pipe.exclude else "")]
+             f"  include: {', '.join(pipe.include)}{excluded}"]
     lines += [f"  warning: {w}" for w in warnings]
     return lines
