@@ -4,7 +4,8 @@ Heavy imports (torch, the engine) happen inside commands, never at import time, 
 ``imgflow --help`` answers in well under half a second.
 
 Exit codes: 0 every item done (or nothing to do), 1 some items failed, 2 usage or configuration
-error, 75 another run holds the output folder's lock, 70 an internal error (a bug: please report),
+error, 66 the input folder matched no file (empty or unmounted), 75 another run holds the output
+folder's lock, 70 an internal error (a bug: please report),
 141 the reader of our output closed the pipe (``| head``), which is not an error worth a message.
 """
 
