@@ -1,7 +1,9 @@
 """imgflow: plugin-based batch image processing.
 
-The public API for plugin authors. Names are imported on first use (PEP 562), so that
-``imgflow --help`` pays neither for torch nor for pydantic.
+The public API, for plugin authors (``Stage``, ``Params``, ``Batch``, ``hookimpl``, ...) and for
+running pipelines from Python code and tests (``run_pipeline``, ``validate_pipeline``). Names are
+imported on first use (PEP 562), so that ``imgflow --help`` pays neither for torch nor for
+pydantic.
 """
 
 from __future__ import annotations
@@ -25,14 +27,23 @@ _EXPORTS = {
     "StageContext": "imgflow.stage",
     "StageKind": "imgflow.stage",
     "derive_seed": "imgflow.seeds",
+    "code_hash": "imgflow.codehash",
+    "Notice": "imgflow.preflight",
+    "run_pipeline": "imgflow.api",
+    "validate_pipeline": "imgflow.api",
+    "RunResult": "imgflow.engine.results",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from imgflow.api import run_pipeline, validate_pipeline
     from imgflow.batch import Artifact, Batch, ImageMeta, Item
+    from imgflow.codehash import code_hash
+    from imgflow.engine.results import RunResult
     from imgflow.errors import ConfigError, ImgflowError, ItemError
     from imgflow.hookspecs import hookimpl
+    from imgflow.preflight import Notice
     from imgflow.seeds import derive_seed
     from imgflow.stage import Params, Stage, StageContext, StageKind
 

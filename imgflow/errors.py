@@ -12,6 +12,7 @@ from dataclasses import dataclass
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_NO_INPUT = 66  # EX_NOINPUT from sysexits.h: the input folder matched no file (empty, unmounted)
 EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in imgflow or a plugin
 

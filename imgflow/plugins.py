@@ -46,6 +46,32 @@ class LoadFailure:
 
 
 @dataclass(frozen=True)
+class UnknownSelection(LoadFailure):
+    """A name in IMGFLOW_LOAD_PLUGINS that no installed plugin has (a typo, or not installed)."""
+
+    def __str__(self) -> str:
+        return f"{ENV_LOAD_PLUGINS} names '{self.plugin}', which is not an installed plugin{self.error}"
+
+
+def _unknown_selections(wanted: set[str], eps: list[metadata.EntryPoint]) -> list[LoadFailure]:
+    """One failure per selected name that matches no entry point or distribution, with a hint."""
+    import difflib
+
+    known: set[str] = set()
+    for ep in eps:
+        known.add(ep.name)
+        if ep.dist is not None:
+            known.update({ep.dist.name, ep.dist.name.replace("_", "-")})
+    failures: list[LoadFailure] = []
+    for name in sorted(wanted - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        fix = f" (fix: installed: {', '.join(sorted(ep.name for ep in eps)) or 'none'}; see imgflow plugins)"
+        failures.append(UnknownSelection(name, "", hint + fix))
+    return failures
+
+
+@dataclass(frozen=True)
 class StageEntry:
     """A registered stage class and the plugin that provided it."""
 
@@ -89,7 +115,10 @@ def _load() -> PluginState:
     manager.add_hookspecs(hookspecs)
     state = PluginState(manager=manager)
     wanted = _wanted_from_env()
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    if wanted:
+        state.failures.extend(_unknown_selections(wanted, eps))
+    for ep in eps:
         if not _selected(ep, wanted):
             continue
         dist = ep.dist.name if ep.dist is not None else "unknown"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgflow.engine.results import RunOptions, RunResult
-from imgflow.errors import EXIT_CONFIG, EXIT_INTERNAL, EXIT_ITEMS_FAILED, EXIT_OK, ConfigError, ImgflowError
+from imgflow.errors import EXIT_CONFIG, EXIT_INTERNAL, EXIT_ITEMS_FAILED, EXIT_NO_INPUT, EXIT_OK, ConfigError, ImgflowError
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgflow.config import Pipeline
@@ -112,6 +112,7 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
     out = pipeline.output_path
     stages = chain.stages
     training_summary: str | None = None
+    warning: str | None = None
 
     def warn_all(messages: list[str]) -> None:
         for message in messages:
@@ -136,9 +137,9 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
             if stages and stages[-1].consumes:
                 training_summary = _train(pipeline, store, run_id, fingerprint, chain, recorder, options, echo)
             else:
-                _execute(pipeline, store, fingerprint, chain, recorder, options, echo)
+                warning = _execute(pipeline, store, fingerprint, chain, recorder, options, echo)
             _export(pipeline, stages, store)
-            exit_code = EXIT_ITEMS_FAILED if recorder.has_failures else EXIT_OK
+            exit_code = EXIT_ITEMS_FAILED if recorder.has_failures else EXIT_NO_INPUT if warning else EXIT_OK
             status = "finished"
         except KeyboardInterrupt:
             status, exit_code, message = "interrupted", 130, "interrupted (Ctrl-C or SIGINT)"
@@ -164,13 +165,16 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
             warn_all(call_lifecycle("pipeline_finish", run=run_doc, summary=summary))
     return RunResult(run_id=run_id, counts=dict(recorder.counts), exit_code=exit_code,
                      elapsed_s=time.monotonic() - started, output=out, failures=recorder.failures,
-                     training=training_summary)
+                     training=training_summary, untrained=untrained_stages(stages), warning=warning)
 
 
 def _execute(pipeline: Pipeline, store: StateStore, fingerprint: str, chain: StageChain, recorder: Recorder,
-             options: RunOptions, echo: Callable[[str], None]) -> None:
-    """A streaming run: the plan's items through an executor."""
+             options: RunOptions, echo: Callable[[str], None]) -> str | None:
+    """A streaming run: the plan's items through an executor. Returns a warning when the input
+    folder matched no file at all (the run then exits 66, so cron notices an unmounted share)."""
     from imgflow.engine.plan import Plan
+    from imgflow.engine.preview import WorkCounter, no_input_message
+    from imgflow.engine.progress import Progress
     from imgflow.engine.writer import OutputClaims, OutputWriter
     from imgflow.executors import get_executor
     from imgflow.executors.base import Job
@@ -181,8 +185,26 @@ def _execute(pipeline: Pipeline, store: StateStore, fingerprint: str, chain: Sta
     writer = OutputWriter(pipeline.output_path, pipeline.output, OutputClaims(store.output_owner))
     job = Job(pipeline=pipeline, plan=plan, chain=chain, writer=writer, recorder=recorder, options=options,
               echo=echo)
-    get_executor("local").execute(job)
+    counter = WorkCounter.start(pipeline, store, fingerprint, options, recorder) \
+        if Progress.wanted(options.progress) else None
+    try:
+        get_executor("local").execute(job)
+    finally:
+        if counter is not None:
+            counter.stop()
     recorder.failed_before(plan.failed_before)
+    if plan.matched:
+        return None
+    warning = no_input_message(pipeline)
+    echo(f"imgflow: warning: {warning}")
+    return warning
+
+
+def untrained_stages(stages: list[Stage]) -> list[str]:
+    """Ids of the (non-training) stages whose fingerprint facts say their weights are untrained."""
+    from imgflow.models.untrained import says_untrained
+
+    return [s.id for s in stages if not s.consumes and says_untrained(s.fingerprint())]
 
 
 def _train(pipeline: Pipeline, store: StateStore, run_id: str, fingerprint: str, chain: StageChain,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from imgflow.batch import Artifact, Batch
+    from imgflow.preflight import Notice
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ class Stage:
                    validation batches of a training run (augmentation is for training only)
       needs_grad   True when ``process()`` itself optimises (style by optimisation): the engine
                    then runs it with autograd on instead of under ``torch.inference_mode()``
+      fingerprint_code  True while developing a plugin: the source files of the stage's package
+                   join the pipeline fingerprint, so editing the code re-runs finished items
+                   (by default only the plugin's version does; see :meth:`fingerprint`)
       Params       the parameter model (a :class:`Params` subclass)
     """
 
@@ -118,6 +122,7 @@ class Stage:
     fans_out: ClassVar[bool] = False
     train_only: ClassVar[bool] = False
     needs_grad: ClassVar[bool] = False
+    fingerprint_code: ClassVar[bool] = False
     Params: ClassVar[type[Params]] = Params
 
     def __init__(self, params: Params, context: StageContext) -> None:
@@ -215,6 +220,21 @@ class Stage:
     def fingerprint(self) -> dict[str, Any]:
         """Extra facts that change outputs beyond the parameters, e.g. weight file hashes.
 
-        Part of the pipeline fingerprint: when it changes, finished items run again.
+        Part of the pipeline fingerprint: when it changes, finished items run again. Your own
+        code is not part of it (a plugin's version is): while developing a plugin, set
+        ``fingerprint_code = True`` on the class, or return e.g. ``{"code": code_hash(my_module)}``
+        (:func:`imgflow.code_hash`) here, so editing the code re-runs what it made. Facts with
+        ``"untrained": True`` (:func:`imgflow.models.random_fingerprint`) make the summary line
+        say the stage ran on random weights.
         """
         return {}
+
+    def preflight(self) -> list[Notice]:
+        """What ``imgflow validate`` and the start of every run can check without loading anything.
+
+        Return :class:`imgflow.preflight.Notice` s: an error for a file a parameter names that does
+        not exist (the run stops with exit code 2 before any image), a warning for weights the run
+        will download (say which ``imgflow models pull``/``import`` to run). Called after
+        ``__init__``, before ``setup``; must stay cheap (no weights, no torch). Default: nothing.
+        """
+        return []

@@ -4,7 +4,9 @@ Heavy imports (torch, the engine) happen inside commands, never at import time, 
 ``imgflow --help`` answers in well under half a second.
 
 Exit codes: 0 every item done (or nothing to do), 1 some items failed, 2 usage or configuration
-error, 75 another run holds the output folder's lock, 70 an internal error (a bug: please report).
+error, 66 the input folder matched no file (empty or unmounted), 75 another run holds the output
+folder's lock, 70 an internal error (a bug: please report),
+141 the reader of our output closed the pipe (``| head``), which is not an error worth a message.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 import click
 
 from imgflow.errors import EXIT_INTERNAL, ImgflowError
+
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `seq 1000000 | head -1`
 
 
 def _fail(message: str, code: int) -> None:
@@ -40,6 +44,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:
+            closed_pipe_exit()
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:
@@ -49,6 +55,21 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                   "IMGFLOW_DEBUG=1 for the traceback and report it)", EXIT_INTERNAL)
 
     return wrapper
+
+
+def closed_pipe_exit() -> None:
+    """The reader of our output went away (``imgflow stages list | head -1``): that is normal.
+
+    Exit quietly with 141, the status a shell gives any program that SIGPIPE ends, and point
+    stdout at /dev/null first so the interpreter's final flush cannot complain again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (called from Python): nothing to pacify
+        pass
+    sys.exit(EXIT_CLOSED_PIPE)
 
 
 def warn_plugin_failures() -> None:
@@ -81,7 +102,9 @@ def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options that override the pipeline file (run and validate share them)."""
     decorators = [
         click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path)),
-        click.option("--input", "-i", "input_path", metavar="DIR", help="Override [input] path."),
+        click.option("--input", "-i", "input_path", metavar="DIR|FILE|GLOB",
+                     help="Override [input] path: a folder, one file, or a quoted glob such as "
+                          "'scans/**/*.tif' (its folder part becomes the input folder, the rest the include)."),
         click.option("--output", "-o", "output_path", metavar="DIR", help="Override [output] path."),
         click.option("--device", metavar="DEV", help="Override [run] device: auto, cpu, cuda, cuda:N."),
         click.option("--batch-size", "-b", type=int, metavar="N", help="Override [run] batch_size."),

@@ -25,8 +25,20 @@ def _specs(names: tuple[str, ...]) -> list[Any]:
     return [models.get(name) for name in names]
 
 
-def _megabytes(size: int | None) -> str:
-    return "?" if size is None else f"{size / 1e6:.1f}"
+def _megabytes(row: dict[str, Any]) -> str:
+    """MB to download: exact, or ``~N`` when the plugin knows it only approximately."""
+    if row.get("size"):
+        return f"{row['size'] / 1e6:.1f}"
+    if row.get("approx_size"):
+        return f"~{row['approx_size'] / 1e6:.0f}"
+    return "?"
+
+
+def _short_license(text: str | None) -> str:
+    """'BSD-3-Clause (torchvision); trained on COCO' -> 'BSD-3-Clause' (the whole text is in --json)."""
+    import re
+
+    return (re.split(r"[ ;(]", (text or "").strip(), maxsplit=1)[0]) or "?"
 
 
 @click.group()
@@ -42,6 +54,7 @@ def models() -> None:
       imgflow models pull colorize-eccv16
       imgflow models import colorize-eccv16 ~/Downloads/colorization_release_v2-9b330a0b.pth
       imgflow models path colorize-eccv16
+      imgflow models random colorize-siggraph17   # untrained weights for trying things offline
     """
 
 
@@ -49,7 +62,10 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def models_list(as_json: bool) -> None:
-    """List registered models: name, stage, size (MB), cached or not, and cache path.
+    """List registered models: name, stage, download size (MB), cached or not, licence, cache path.
+
+    Sizes marked ~ are approximate (the plugin knows the size only roughly; the file is still
+    verified by its sha256). --json gives the full licence text, URL and digests.
 
     \b
     Example:
@@ -68,11 +84,13 @@ def models_list(as_json: bool) -> None:
         return
     name_w = max(len("NAME"), *(len(r["name"]) for r in rows))
     stage_w = max(len("STAGE"), *(len(r["stage"]) for r in rows))
-    click.echo(f"{'NAME':<{name_w}}  {'STAGE':<{stage_w}}  {'MB':>7}  CACHED  PATH")
-    for r in rows:
+    licences = [_short_license(r["license"]) for r in rows]
+    lic_w = max(len("LICENCE"), *(len(text) for text in licences))
+    click.echo(f"{'NAME':<{name_w}}  {'STAGE':<{stage_w}}  {'MB':>7}  CACHED  {'LICENCE':<{lic_w}}  PATH")
+    for r, licence in zip(rows, licences, strict=True):
         cached = "yes" if r["cached"] else "no"
-        click.echo(f"{r['name']:<{name_w}}  {r['stage']:<{stage_w}}  {_megabytes(r['size']):>7}  "
-                   f"{cached:<6}  {r['path']}")
+        click.echo(f"{r['name']:<{name_w}}  {r['stage']:<{stage_w}}  {_megabytes(r):>7}  "
+                   f"{cached:<6}  {licence:<{lic_w}}  {r['path']}")
 
 
 @models.command("pull")
@@ -143,3 +161,29 @@ def models_path(name: str) -> None:
 
     (spec,) = _specs((name,))
     click.echo(str(registry_module.cache_path(spec)))
+
+
+@models.command("random")
+@click.argument("name")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Where to write it (default: ./NAME-random.pth).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same tensors.")
+@handle_errors
+def models_random(name: str, output: Path | None, seed: int) -> None:
+    """Write a checkpoint with NAME's layout and RANDOM weights, for trying a pipeline offline.
+
+    Nothing is downloaded. The file loads through the same checks as the real weights; outputs
+    made with it mean nothing, and are labelled "untrained" in the manifest and the summary
+    line. Many stages also take weights = "random" directly.
+
+    \b
+    Examples:
+      imgflow models random colorize-siggraph17
+      imgflow run pipelines/colorize_archive.toml -p colorize.weights=colorize-siggraph17-random.pth
+    """
+    from imgflow.models.untrained import default_output, save_random_checkpoint
+
+    (spec,) = _specs((name,))
+    path = save_random_checkpoint(spec, output or default_output(spec), seed=seed)
+    click.echo(f"{spec.name}: wrote untrained random weights (seed {seed}) to {path}; use it as "
+               f"weights = \"{path}\" (outputs made with it are labelled untrained)")

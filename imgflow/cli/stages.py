@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -46,16 +47,46 @@ def stages_list(kind: str | None, as_json: bool) -> None:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         click.echo(f"{r['name']:<{width}}  {r['kind']:<9} {r['description']}")
+    click.echo(f"\n{readable_inputs_line()}")
+
+
+def readable_inputs_line() -> str:
+    """Which input files are read when a pipeline sets no [input] include."""
+    from imgflow.io.source import READABLE_EXTENSIONS
+
+    extensions = " ".join(f".{e}" for exts in READABLE_EXTENSIONS.values() for e in exts)
+    return f"input files read by default ([input] include = every readable format, any depth): {extensions}"
+
+
+def allowed_values(annotation: Any) -> list[Any] | None:
+    """The values a ``Literal`` parameter accepts (also inside Optional or Annotated), else None."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return list(typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return allowed_values(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        found = [allowed_values(a) for a in members]
+        if found and all(values is not None for values in found):
+            return [v for values in found for v in values or []]
+    return None
 
 
 def describe_params(params_cls: Any) -> list[dict[str, Any]]:
-    """Parameter table of a stage: name, type, default, description (from its pydantic model)."""
+    """Parameter table of a stage: name, type (a Literal lists its choices), default, description."""
     from pydantic_core import PydanticUndefined
 
     rows = []
     for name, info in params_cls.model_fields.items():
+        choices = allowed_values(info.annotation)
         annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
         annotation = annotation.replace("typing.", "")
+        if choices is not None:
+            annotation = "one of " + ", ".join(json.dumps(c) for c in choices)
         if info.default is not PydanticUndefined:
             default = info.default
         elif info.default_factory is not None:
@@ -63,7 +94,8 @@ def describe_params(params_cls: Any) -> list[dict[str, Any]]:
         else:
             default = None
         rows.append({"name": name, "type": annotation, "required": info.is_required(),
-                     "default": default, "description": info.description or ""})
+                     "default": default, "description": info.description or "",
+                     **({"choices": choices} if choices is not None else {})})
     return rows
 
 
@@ -109,7 +141,11 @@ def stages_show(name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def plugins(as_json: bool) -> None:
-    """List installed plugins with version, hooks and stages, and any that failed to load."""
+    """List installed plugins with version, hooks and stages, and any that failed to load.
+
+    Exits 1 when a plugin failed to load, IMGFLOW_LOAD_PLUGINS names one that is not installed,
+    or two plugins clash (the same stage name), so a deployment check can rely on it.
+    """
     from imgflow.plugins import load_failures, plugins_info, stage_problems
 
     info = plugins_info()
@@ -117,7 +153,7 @@ def plugins(as_json: bool) -> None:
     problems = stage_problems()
     if as_json:
         click.echo(json.dumps({"plugins": info, "failed": failures, "problems": problems}, indent=2))
-        return
+        sys.exit(1 if failures or problems else 0)
     for p in info:
         click.echo(f"{p['name']} ({p['distribution']} {p['version']})")
         click.echo(f"  hooks:  {', '.join(p['hooks']) or '-'}")
@@ -128,5 +164,7 @@ def plugins(as_json: bool) -> None:
         click.echo(f"PROBLEM {problem}")
     if not info and not failures:
         click.echo("no plugins installed (or IMGFLOW_LOAD_PLUGINS selects none)")
+    if failures or problems:
+        sys.exit(1)
 
 

@@ -10,20 +10,39 @@ import click
 from imgflow.cli.app import cli, handle_errors
 
 
+def output_of(target: Path) -> Path:
+    """The output folder ``status`` reports on: ``target`` itself, or a pipeline file's [output] path
+    (resolved against the file's folder as a run does; the pipeline need not be valid otherwise)."""
+    from imgflow.config.validate import read_toml
+    from imgflow.errors import ConfigError
+
+    if not target.is_file():
+        return target
+    data = read_toml(target.resolve())
+    path = data.get("output", {}).get("path") if isinstance(data.get("output"), dict) else None
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{target}: has no [output] path (fix: give the pipeline file, or its output folder)")
+    return (target.resolve().parent / Path(path).expanduser()).resolve()
+
+
 @cli.command()
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output", metavar="OUTPUT|PIPELINE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--failures", "n_failures", type=int, default=20, show_default=True, help="Failures to list.")
 @handle_errors
 def status(output: Path, as_json: bool, n_failures: int) -> None:
     """Show what an output folder holds: counts, recent runs and failures.
 
+    OUTPUT is the folder, or the pipeline file that writes it.
+
     \b
-    Example:
+    Examples:
       imgflow status out/colorized --json
+      imgflow status pipelines/colorize_archive.toml
     """
     from imgflow.state import StateStore
 
+    output = output_of(output)
     with StateStore(output, readonly=True) as store:
         report = store.status_report(recent_runs=5, failures=n_failures)
     if as_json:

@@ -25,6 +25,7 @@ class Overrides:
     batch_size: int | None = None
     workers: int | None = None
     params: list[str] = field(default_factory=list)  # "STAGE.KEY=VALUE"
+    values: dict[str, Any] = field(default_factory=dict)  # "STAGE.KEY" -> a Python value (the Python API)
 
 
 def parse_value(text: str) -> Any:
@@ -42,20 +43,55 @@ def parse_value(text: str) -> Any:
     return text if nesting_depth(value) > MAX_NESTING else value
 
 
+GLOB_CHARS = "*?["
+
+
+def split_input(text: str, cwd: Path) -> tuple[Path, list[str] | None]:
+    """``--input`` as (input folder, include patterns or None to keep the file's).
+
+    A folder is the input folder. A single file is read alone: its folder becomes the input
+    folder and its name (glob characters escaped) the only include. A glob such as
+    ``scans/2024/**/*.tif`` splits at its first segment with a glob character: ``scans/2024`` is
+    the folder, ``**/*.tif`` the include, so outputs mirror the tree below the folder. (Quote a
+    glob, or the shell expands it first.)
+    """
+    path = Path(text).expanduser()
+    full = path if path.is_absolute() else cwd / path
+    if full.is_file():
+        return full.resolve().parent, [escape_glob(full.name)]
+    parts = text.split("/")
+    first = next((i for i, part in enumerate(parts) if any(c in part for c in GLOB_CHARS)), None)
+    if first is None or full.is_dir():
+        return full.resolve(), None
+    folder = "/".join(parts[:first]) or "."
+    base = Path(folder).expanduser()
+    return (base if base.is_absolute() else cwd / base).resolve(), ["/".join(parts[first:])]
+
+
+def escape_glob(name: str) -> str:
+    """A literal file name as an include pattern: ``*``, ``?`` and ``[`` inside brackets."""
+    return "".join(f"[{c}]" if c in GLOB_CHARS else c for c in name)
+
+
 def apply_overrides(data: dict[str, Any], ov: Overrides, problems: list[Problem]) -> dict[str, Any]:
     """Return a copy of the raw pipeline data with the command line's values written in."""
     data = json.loads(json.dumps(data, default=str)) if data else {}
     cwd = Path.cwd()
     if ov.input is not None:
-        data.setdefault("input", {})["path"] = str((cwd / ov.input).resolve())
+        root, include = split_input(ov.input, cwd)
+        data.setdefault("input", {})["path"] = str(root)
+        if include is not None:
+            data["input"]["include"] = include
     if ov.output is not None:
         data.setdefault("output", {})["path"] = str((cwd / ov.output).resolve())
     for key, value in (("device", ov.device), ("batch_size", ov.batch_size), ("workers", ov.workers)):
         if value is not None:
             data.setdefault("run", {})[key] = value
     stages = data.get("stages") if isinstance(data.get("stages"), list) else []
-    for item in ov.params:
-        target, sep, value = item.partition("=")
+    # (as shown in messages, STAGE.KEY, "=", value, whether the value is TOML text to parse)
+    given = [(item, *item.partition("="), True) for item in ov.params]
+    given += [(f"{target}={value!r}", target, "=", value, False) for target, value in ov.values.items()]
+    for item, target, sep, value, is_text in given:
         stage_ref, dot, key = target.rpartition(".")  # stage names may hold dots (style.fast), keys do not
         if not sep or not dot or not stage_ref or not key:
             problems.append(Problem(f"command line -p {item!r}", "expected STAGE.KEY=VALUE",
@@ -68,7 +104,7 @@ def apply_overrides(data: dict[str, Any], ov: Overrides, problems: list[Problem]
             problems.append(Problem(f"command line -p {item!r}", f"stage {stage_ref!r} {why}",
                                     f"use a stage id: one of {', '.join(names) or '(none)'}"))
             continue
-        matches[0][key] = parse_value(value)
+        matches[0][key] = parse_value(value) if is_text else value
     return data
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from imgflow.config.overrides import Overrides, apply_overrides
+from imgflow.config.preflight import preflight
 from imgflow.config.sections import InputSection, OutputSection, PipelineSection, RunSection
 from imgflow.config.spec import StageSpec
 from imgflow.config.validate import check_sections, check_stages, read_toml, resolve_paths
@@ -36,6 +37,7 @@ class Pipeline:
     run: RunSection
     stages: list[StageSpec]
     overrides: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # preflight warnings (weights to download)
 
     @property
     def directory(self) -> Path:
@@ -45,8 +47,11 @@ class Pipeline:
         """Hash of everything that changes output bytes: stage configs, plugin versions, weights.
 
         Batch size, device and workers are left out on purpose: they change speed, not results.
+        A plugin's code is not in it, only its version, unless the stage sets
+        ``fingerprint_code = True`` (then its package's source hash is: see imgflow.codehash).
         """
         from imgflow import __version__
+        from imgflow.codehash import code_hash
 
         doc = {
             "imgflow": __version__,
@@ -60,6 +65,7 @@ class Pipeline:
                     "params": spec.params.model_dump(mode="json") if spec.params is not None else spec.raw,
                     "plugin": f"{spec.distribution}=={spec.version}",
                     "extra": stages[i].fingerprint() if stages else {},
+                    **({"code": code_hash(spec.cls)} if getattr(spec.cls, "fingerprint_code", False) else {}),
                 }
                 for i, spec in enumerate(self.stages)
             ],
@@ -96,7 +102,7 @@ def load_pipeline(path: str | Path, overrides: Overrides | None = None, check_pa
     out: OutputSection = parsed["output"]
     pipe: PipelineSection = parsed["pipeline"]
     base = source.parent
-    return Pipeline(
+    pipeline = Pipeline(
         source=source,
         name=pipe.name or source.stem,
         description=pipe.description,
@@ -110,4 +116,9 @@ def load_pipeline(path: str | Path, overrides: Overrides | None = None, check_pa
         stages=stages,
         overrides={k: v for k, v in vars(overrides).items() if v} if overrides else {},
     )
+    if check_paths:  # the files stages name (weights, style images) exist; warnings kept for validate
+        pipeline.notices = preflight(where, pipeline, problems)
+        if problems:
+            raise ValidationFailed(problems, subject=where)
+    return pipeline
 

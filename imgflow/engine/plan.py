@@ -92,6 +92,7 @@ class Plan:
         self.pipeline = pipeline
         self.selector = Selector(store, fingerprint, options)
         self.warn = warn
+        self.matched = 0  # input files the walk found so far, selected or not (0: empty input)
 
     @property
     def skipped(self) -> int:
@@ -105,6 +106,7 @@ class Plan:
     def items(self) -> Iterator[WorkItem]:
         """Every input this run must process, in the walk's stable order."""
         for sf in walk_pipeline_inputs(self.pipeline, self.warn):
+            self.matched += 1
             work = self.selector.wants(sf)
             if work is not None:
                 yield work

@@ -1,4 +1,8 @@
-"""The progress bar (tqdm) on a terminal; nothing at all when not on one (cron)."""
+"""The progress bar (tqdm) on a terminal; nothing at all when not on one (cron).
+
+The bar's total (and so its ETA) comes from a count of the run's work made while the run goes
+(:class:`imgflow.engine.preview.WorkCounter`); until that count is in, the bar counts without one.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,21 @@ class Progress:
 
     def __init__(self, desc: str, show: bool | None, total: int | None = None) -> None:
         self._bar: Any = None
-        if show is None:
-            show = sys.stderr.isatty()
-        if show:
+        if self.wanted(show):
             from tqdm import tqdm
 
             self._bar = tqdm(desc=desc, total=total, unit="img", dynamic_ncols=True)
+
+    @staticmethod
+    def wanted(show: bool | None) -> bool:
+        """Whether a bar is shown: as asked, or (None) when stderr is a terminal."""
+        return sys.stderr.isatty() if show is None else show
+
+    def set_total(self, total: int) -> None:
+        """Give the bar its total, so it shows how far along the run is and an ETA."""
+        if self._bar is not None and self._bar.total != total:
+            self._bar.total = total
+            self._bar.refresh()
 
     def advance(self, by: int = 1, failed: int | None = None) -> None:
         """Count ``by`` items; ``failed`` (the run's failures so far) is shown beside the bar."""

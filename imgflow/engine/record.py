@@ -29,6 +29,7 @@ class Recorder:
         self.counts = {"done": 0, "failed": 0, "skipped": 0, "failed_before": 0}
         self.failures: list[dict[str, str]] = []
         self.progress: Progress | None = None
+        self.expected: int | None = None  # items this run will record, once counted (bar total, ETA)
 
     def done(self, source: SourceFile, *, outputs: list[str], results: dict[str, Any], timings: dict[str, float],
              meta: dict[str, Any], content_hash: str | None) -> None:
@@ -41,6 +42,10 @@ class Recorder:
         self.failures.append({"input": source.relpath, "code": error.code, "message": error.message})
         self._record(source, "failed", outputs=[], error={"code": error.code, "message": error.message},
                      results={}, timings=timings, meta={}, content_hash=None)
+
+    def expect(self, total: int) -> None:
+        """How many items this run will record, counted ahead of the run (any thread may call)."""
+        self.expected = total
 
     def skipped(self, count: int) -> None:
         """Items this run left alone (already done, or not selected)."""
@@ -68,6 +73,8 @@ class Recorder:
         self.store.record(record)
         self.counts[status] += 1
         if self.progress is not None:
+            if self.expected is not None:
+                self.progress.set_total(max(self.expected, self.counts["done"] + self.counts["failed"]))
             self.progress.advance(failed=self.counts["failed"] if status == "failed" else None)
         for message in call_lifecycle("item_done", record=record.to_manifest()):
             self.warn(message)

@@ -35,6 +35,7 @@ from imgflow.io import links
 
 __all__ = [
     "DEFAULT_INCLUDE",
+    "READABLE_EXTENSIONS",
     "SourceFile",
     "compile_globs",
     "relpath_text",
@@ -42,8 +43,23 @@ __all__ = [
     "walk_inputs",
 ]
 
+#: The file name extensions of every format the decoder opens by default
+#: (:data:`imgflow.io.decode.ALLOWED_FORMATS`), as Pillow registers them; a test keeps the two in
+#: step. Written out so that walking a folder never imports Pillow.
+READABLE_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "JPEG": ("jpg", "jpeg", "jpe", "jfif"),
+    "MPO": ("mpo",),
+    "PNG": ("png", "apng"),
+    "WEBP": ("webp",),
+    "TIFF": ("tif", "tiff"),
+    "BMP": ("bmp",),
+    "GIF": ("gif",),
+    "PPM": ("ppm", "pgm", "pbm", "pnm", "pfm"),
+}
+
+#: ``[input] include`` when a pipeline does not set it: every readable extension, at any depth.
 DEFAULT_INCLUDE: tuple[str, ...] = tuple(
-    f"**/*.{ext}" for ext in ("jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif")
+    f"**/*.{ext}" for extensions in READABLE_EXTENSIONS.values() for ext in extensions
 )
 
 OnError = Callable[[Path, OSError], None]

@@ -9,6 +9,7 @@ place so every stage gets the same guarantees:
   cache.py      torch.hub's checkpoint folder: verify, download (hash-checked), import
   loading.py    ``torch.load(weights_only=True)`` always, key and shape checks
   weights.py    the ``weights = "name | path | URL"`` parameter and its fingerprint
+  untrained.py  ``weights = "random"`` and random-weights checkpoints, labelled as untrained
 
 torch is imported inside functions only, so ``imgflow --help`` and ``imgflow models list`` stay
 fast.
@@ -29,7 +30,7 @@ from imgflow.models.cache import (
     sha256_file,
     verify_file,
 )
-from imgflow.models.loading import MIN_TORCH, check_keys, check_torch_version, load_state_dict
+from imgflow.models.loading import MIN_TORCH, check_keys, check_torch_version, load_checkpoint, load_state_dict
 from imgflow.models.registry import ModelEntry, describe, entries, get, registry
 from imgflow.models.spec import (
     HASH_IN_FILENAME,
@@ -46,6 +47,13 @@ from imgflow.models.spec import (
     UnsafeWeights,
     WeightsError,
 )
+from imgflow.models.untrained import (
+    RANDOM,
+    random_fingerprint,
+    save_random_checkpoint,
+    says_untrained,
+    weights_label,
+)
 from imgflow.models.weights import is_registered, is_url, resolve_weights, weights_fingerprint
 
 __all__ = [
@@ -60,6 +68,7 @@ __all__ = [
     "ModelError",
     "ModelSpec",
     "NotAStateDict",
+    "RANDOM",
     "StateDictMismatch",
     "TorchVersionError",
     "UnknownModel",
@@ -79,11 +88,16 @@ __all__ = [
     "is_cached",
     "is_registered",
     "is_url",
+    "load_checkpoint",
     "load_state_dict",
     "pull",
+    "random_fingerprint",
     "registry",
     "resolve_weights",
+    "save_random_checkpoint",
+    "says_untrained",
     "sha256_file",
     "verify_file",
     "weights_fingerprint",
+    "weights_label",
 ]

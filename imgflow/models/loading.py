@@ -93,6 +93,18 @@ def _url_file(url: str, progress: bool) -> Path:
     return download(job, progress, check=None)
 
 
+def load_checkpoint(path: Path, subject: str) -> Any:
+    """A checkpoint file's contents, read with ``weights_only=True``: tensors, numbers, strings,
+    lists and dicts only, never code.
+
+    For files that are more than a state dict (a classifier's ``model.pt`` with its classes); every
+    failure is worded as for the state dicts :func:`load_state_dict` reads, so a pickled object is
+    "contains Python objects" and a damaged file "truncated or corrupt" for every stage alike.
+    """
+    check_torch_version()
+    return _torch_load(_local_file(path), subject)
+
+
 def _torch_load(path: Path, subject: str) -> Any:
     """torch.load with weights_only=True, its failures turned into messages a user can act on."""
     import pickle
@@ -102,13 +114,24 @@ def _torch_load(path: Path, subject: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        if "Weights only load failed" not in str(exc) or not _looks_like_checkpoint(path):
             raise _corrupt(path, subject, exc) from exc
         raise _unsafe(path, subject, exc) from exc
     except (PermissionError, IsADirectoryError) as exc:
         raise WeightsError(f"{subject}: cannot read {path}: {exc.strerror} (fix: check its permissions)") from exc
     except Exception as exc:  # EOFError, RuntimeError (zip), KeyError/IndexError (legacy pickle)
         raise _corrupt(path, subject, exc) from exc
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A zip (torch.save) or a pickle (a PROTO opcode first): the weights-only unpickler refusing
+    one of those means Python objects; refusing anything else means the file is not a checkpoint."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def _corrupt(path: Path, subject: str, exc: BaseException) -> CorruptWeights:

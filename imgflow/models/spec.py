@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 from imgflow.errors import ConfigError, PluginError
@@ -80,6 +82,13 @@ class ModelSpec:
     ``sha256`` is the full digest when known; ``sha256_prefix`` the torch.hub file-name
     convention (``name-<prefix>.pth``), derived from the URL when it carries one. A spec without
     either cannot exist: an unverifiable download is never put in the cache.
+
+    ``size`` is the exact byte count and is checked like the hash; ``approx_size`` (bytes, give
+    or take a few kB, e.g. from torchvision's published MiB) is only shown by ``imgflow models
+    list``, so a user knows what a download costs before starting it. ``layout`` builds the
+    untrained network whose ``state_dict()`` has this checkpoint's keys and shapes (it imports
+    torch when called): ``imgflow models random`` uses it to write a random-weights checkpoint
+    for trying a pipeline out without the download.
     """
 
     name: str
@@ -90,6 +99,8 @@ class ModelSpec:
     sha256_prefix: str | None = None
     size: int | None = None
     description: str = ""
+    approx_size: int | None = None
+    layout: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Normalise the digests and refuse specs that could never be verified."""
@@ -114,6 +125,10 @@ class ModelSpec:
                               "(fix: correct one of them)")
         if self.size is not None and (not isinstance(self.size, int) or self.size <= 0):
             raise PluginError(f"{subject}: size must be a positive number of bytes, got {self.size!r}")
+        if self.approx_size is not None and (not isinstance(self.approx_size, int) or self.approx_size <= 0):
+            raise PluginError(f"{subject}: approx_size must be a positive number of bytes, got {self.approx_size!r}")
+        if self.layout is not None and not callable(self.layout):
+            raise PluginError(f"{subject}: layout must be a function that builds the network, got {self.layout!r}")
         object.__setattr__(self, "sha256", sha256)
         object.__setattr__(self, "sha256_prefix", prefix)
 

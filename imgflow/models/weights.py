@@ -14,6 +14,7 @@ from typing import Any
 from imgflow.errors import ImgflowError
 from imgflow.models.registry import get, registry
 from imgflow.models.spec import HASH_IN_FILENAME
+from imgflow.models.untrained import UNTRAINED, is_untrained_file
 
 
 def is_url(text: str) -> bool:
@@ -45,7 +46,8 @@ def weights_fingerprint(source: str | Path, known_urls: Mapping[str, str] | None
     """Which weights produce a stage's output, for the pipeline fingerprint.
 
     A registered model contributes its name and hash prefix; a URL itself; a local file its path,
-    size and mtime (replacing a fine-tuned checkpoint re-runs the items). ``known_urls``
+    size and mtime (replacing a fine-tuned checkpoint re-runs the items), and ``untrained`` when
+    ``imgflow models random`` wrote it (see :mod:`imgflow.models.untrained`). ``known_urls``
     (name -> URL) answers for a plugin's own models when the registry cannot (plugin not
     loaded), so fingerprinting never fails a ``validate``.
     """
@@ -54,7 +56,10 @@ def weights_fingerprint(source: str | Path, known_urls: Mapping[str, str] | None
             st = source.stat()
         except OSError:
             return {"weights": str(source), "missing": True}
-        return {"weights": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        facts: dict[str, Any] = {"weights": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if is_untrained_file(source):
+            facts[UNTRAINED] = True
+        return facts
     if is_url(source):
         return {"weights": source}
     try:

@@ -72,6 +72,32 @@ STALE_RUN_MESSAGE = ("the process stopped without closing its run (killed, crash
                      "the next run took over")
 
 
+def select_prior(conn: sqlite3.Connection, key: str | bytes) -> PriorItem | None:
+    """The committed row of ``key`` (see :func:`db_key`) as a PriorItem, or None."""
+    found = conn.execute(
+        "SELECT size, mtime_ns, content_hash, fingerprint, status, outputs FROM items WHERE relpath = ?",
+        (key,),
+    ).fetchone()
+    if found is None:
+        return None
+    size, mtime_ns, content_hash, fingerprint, status, outputs = found
+    return PriorItem(size, mtime_ns, content_hash, fingerprint, status, loads(outputs, []))
+
+
+class SnapshotLookup:
+    """Lookups from one read snapshot, taken when this object is made (see snapshot_lookup)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        conn.execute("SELECT 1 FROM items LIMIT 1").fetchall()  # pins the snapshot now
+
+    def lookup(self, relpath: str) -> PriorItem | None:
+        return select_prior(self._conn, db_key(relpath))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class StateStoreError(ImgflowError):
     """The state database could not be written (disk full, permissions, I/O error)."""
 
@@ -207,15 +233,12 @@ class StateStore(StoreReports):
             row = self._pending.get(key)
             if row is not None:
                 return PriorItem(row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
-            found = self._conn.execute(
-                "SELECT size, mtime_ns, content_hash, fingerprint, status, outputs "
-                "FROM items WHERE relpath = ?",
-                (key,),
-            ).fetchone()
-        if found is None:
-            return None
-        size, mtime_ns, content_hash, fingerprint, status, outputs = found
-        return PriorItem(size, mtime_ns, content_hash, fingerprint, status, loads(outputs, []))
+            return select_prior(self._conn, key)
+
+    def snapshot_lookup(self) -> SnapshotLookup:
+        """A :meth:`lookup` that answers from the store as it is now, on its own connection, for
+        a thread that must not see what this run records meanwhile (the progress bar's count)."""
+        return SnapshotLookup(self._snapshot_connection())
 
     def output_owner(self, relpath: str) -> str | None:
         """The input whose recorded outputs include ``relpath`` (None if no input claims it)."""

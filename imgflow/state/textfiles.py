@@ -7,7 +7,7 @@ one, and the writer streams: a manifest of a million lines never sits in memory.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ def atomic_text_write(path: Path, write: Callable[[Any], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         # backslashreplace: a lone surrogate inside a JSON string becomes the JSON escape \udcxx,
         # exactly what json.dumps(ensure_ascii=True) would write, so every line stays valid.
@@ -37,6 +37,21 @@ def atomic_text_write(path: Path, write: Callable[[Any], None]) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new temp file beside ``path``, created like the images (mode 0666 less the umask).
+
+    Not ``tempfile.mkstemp``: its 0600 would make manifest.jsonl and run-summary.json readable by
+    their owner only, while the images beside them follow the umask (usually 0644).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
 
 
 def fsync_dir(folder: Path) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from imgflow.resample import interpolate
+
 #: ITU-R BT.601 luma weights (R, G, B), the grayscale used by contrast and saturation.
 LUMA = (0.299, 0.587, 0.114)
 
@@ -75,13 +77,8 @@ def resize(
         return x
     mode = INTERPOLATION_MODES[interpolation]
     smooth = mode in ("bilinear", "bicubic")
-    out = F.interpolate(
-        x,
-        size=list(size),
-        mode=mode,
-        align_corners=False if smooth else None,
-        antialias=antialias and smooth,
-    )
+    # imgflow.resample: F.interpolate's antialiasing is wrong for outputs one pixel wide
+    out = interpolate(x, size, mode=mode, antialias=antialias and smooth, align_corners=False if smooth else None)
     return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
 
 

@@ -28,8 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Batch, Item
 
 
+#: The largest output a size may ask for: s x s, or h x w. It is the default [run] max_pixels, the
+#: most imgflow reads as input; a bigger output fails every item (memory), so validate refuses it.
+MAX_OUTPUT_PIXELS = 100_000_000
+
+
 def _check_size(value: Any) -> Any:
-    """Reject anything but an int >= 1 or two of them, with one clear message.
+    """Reject anything but an int >= 1 or two of them, with one clear message, and sizes whose
+    output (s x s, or h x w) would exceed :data:`MAX_OUTPUT_PIXELS`.
 
     Without this, pydantic reports a bad size once per member of the union, with type names
     as locations, which reads badly in a pipeline error.
@@ -39,12 +45,19 @@ def _check_size(value: Any) -> Any:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
     if ok(value):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(ok(v) for v in value):
-        return tuple(value)
-    shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:80]}..."
-    raise ValueError(f"expected an int >= 1 or [height, width] of ints >= 1, got {shown} "
-                     "(fix: e.g. size = 256, or size = [200, 300] for height 200 and width 300)")
+        pair = (value, value)
+    elif isinstance(value, (list, tuple)) and len(value) == 2 and all(ok(v) for v in value):
+        pair = (value[0], value[1])
+    else:
+        shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:80]}..."
+        raise ValueError(f"expected an int >= 1 or [height, width] of ints >= 1, got {shown} "
+                         "(fix: e.g. size = 256, or size = [200, 300] for height 200 and width 300)")
+    if pair[0] * pair[1] > MAX_OUTPUT_PIXELS:
+        shown = f"{value} x {value}" if ok(value) else f"{pair[0]} x {pair[1]}"
+        raise ValueError(f"size {value!r} asks for images of {shown} pixels, more than the "
+                         f"{MAX_OUTPUT_PIXELS:,} imgflow handles (the default [run] max_pixels), so every "
+                         "image would fail (fix: a size of at most 10000, or [h, w] with h x w <= 100,000,000)")
+    return value if ok(value) else tuple(value)
 
 
 Size = Annotated[int | tuple[int, int], BeforeValidator(_check_size)]

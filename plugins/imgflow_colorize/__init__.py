@@ -8,6 +8,7 @@ pays for neither.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,16 @@ MODELS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+# Bytes of each checkpoint's tensors (the file adds a few kB), for `imgflow models list`.
+APPROX_SIZES = {"colorize-eccv16": 128_990_000, "colorize-siggraph17": 136_800_000}
+
+
+def network_layout(name: str) -> Any:
+    """The untrained network of registry model ``name`` (for ``imgflow models random``)."""
+    from imgflow_colorize import networks
+
+    return networks.build(name.removeprefix("colorize-"))
+
 
 @hookimpl
 def register_stages(register: Callable[[type[Stage]], None]) -> None:
@@ -47,9 +58,10 @@ def register_stages(register: Callable[[type[Stage]], None]) -> None:
 
 @hookimpl
 def register_models(register: Callable[..., Any]) -> None:
-    """Register the two official colorizer checkpoints (sizes are not known exactly here)."""
+    """Register the two official colorizer checkpoints (sizes are known approximately)."""
     from imgflow.models import ModelSpec
 
     for name, (url, prefix, description) in MODELS.items():
         register(ModelSpec(name=name, url=url, sha256_prefix=prefix, size=None, license=LICENSE,
-                           stage="colorize", description=description))
+                           stage="colorize", description=description, approx_size=APPROX_SIZES.get(name),
+                           layout=functools.partial(network_layout, name)))

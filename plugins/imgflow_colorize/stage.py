@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from imgflow import ConfigError, ItemError, Params, Stage, StageContext, StageKind
+from imgflow import ConfigError, ItemError, Params, Stage, StageContext, StageKind, derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -57,7 +57,8 @@ class ColorizeParams(Params):
         None,
         description="A checkpoint to use instead of the official colorize-<model> weights, e.g. a "
         "fine-tuned model: a registered model name (imgflow models list), a path (relative to the "
-        "pipeline file) or a URL.",
+        "pipeline file) or a URL; \"random\": untrained, seeded weights for trying things out "
+        "offline (outputs labelled untrained).",
     )
     hints: str | None = Field(
         None,
@@ -124,14 +125,31 @@ class Colorize(Stage):
         """What to load: the registry name, a URL, or an absolute local path."""
         from imgflow import models
 
-        return models.resolve_weights(self.params.weights, registry_name(self.params.model), self.context.resolve)
+        return models.resolve_weights(self.params.weights, registry_name(self.params.model), self.context.resolve,
+                                      keywords=(models.RANDOM,))
+
+    def random_seed(self) -> int:
+        """The seed of ``weights = "random"``: the same pipeline gives the same untrained net."""
+        return derive_seed(self.context.seed, self.id, "random-init", self.params.model)
 
     def fingerprint(self) -> dict[str, Any]:
         """Which weights produce the colours (see imgflow.models.weights_fingerprint)."""
         from imgflow import models
         from imgflow_colorize import MODELS
 
+        if self.weights_source() == models.RANDOM:
+            return models.random_fingerprint(self.random_seed())
         return models.weights_fingerprint(self.weights_source(), {k: v[0] for k, v in MODELS.items()})
+
+    def preflight(self) -> list[Any]:
+        """The weights exist or will be downloaded; the hints folder exists (checked by validate)."""
+        from imgflow import models
+        from imgflow.preflight import file_notices, weights_notices
+
+        found = weights_notices(self.weights_source(), keywords=(models.RANDOM,))
+        if self.hints_dir is not None:
+            found += file_notices(self.hints_dir, "hints folder", "create it, or remove 'hints'", folder=True)
+        return found
 
     def setup(self, device: torch.device) -> None:
         """Build the network, load the weights strictly, and pick the precision for ``device``."""
@@ -141,17 +159,22 @@ class Colorize(Stage):
         from imgflow_colorize import networks
 
         super().setup(device)
-        state = _strip_module_prefix(models.load_state_dict(self.weights_source()))
-        # Built on the meta device and filled by assignment: random initialisation of 34M
-        # parameters that the checkpoint overwrites anyway would cost more than the load itself.
-        with torch.device("meta"):
-            net = networks.build(self.params.model)
-        _load_strict(net, state, self._describe_weights(), self.params.model)
+        if self.weights_source() == models.RANDOM:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.random_seed())
+                net = networks.build(self.params.model)
+        else:
+            state = _strip_module_prefix(models.load_state_dict(self.weights_source()))
+            # Built on the meta device and filled by assignment: random initialisation of 34M
+            # parameters that the checkpoint overwrites anyway would cost more than the load itself.
+            with torch.device("meta"):
+                net = networks.build(self.params.model)
+            _load_strict(net, state, self._describe_weights(), self.params.model)
         net.eval().to(device)
         # channels_last: oneDNN and cuDNN pick faster convolutions (CPU: 10-18% on these nets)
         net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self.weights_id = self.fingerprint()["weights"]
+        self.weights_id = models.weights_label(self.fingerprint())
         self.amp_dtype = self._choose_precision(device)
 
     def teardown(self) -> None:

@@ -8,6 +8,7 @@ are imported inside the hooks and torch, torchvision and scikit-image only in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,25 @@ MODELS: dict[str, tuple[str, str]] = {
     ),
 }
 
+# File sizes in MiB as torchvision's weights enums publish them (meta["_file_size"]); the test that
+# checks the URLs checks these too. Shown by `imgflow models list`, never used to verify a file.
+FILE_MIB: dict[str, float] = {
+    "fasterrcnn_resnet50_fpn_v2": 167.104,
+    "fasterrcnn_mobilenet_v3_large_fpn": 74.239,
+    "retinanet_resnet50_fpn_v2": 146.037,
+    "fcos_resnet50_fpn": 123.608,
+    "ssd300_vgg16": 135.988,
+    "ssdlite320_mobilenet_v3_large": 13.418,
+    "maskrcnn_resnet50_fpn_v2": 177.219,
+}
+
+
+def network_layout(model: str) -> Any:
+    """The untrained detector with the COCO checkpoint's layout (for ``imgflow models random``)."""
+    from torchvision.models import detection
+
+    return getattr(detection, model)(weights=None, weights_backbone=None, num_classes=91)
+
 
 def registry_name(model: str) -> str:
     """The shared-registry name of a detector's COCO checkpoint, e.g. ``detect-ssd300_vgg16``."""
@@ -71,9 +91,10 @@ def register_stages(register: Callable[[type[Stage]], None]) -> None:
 
 @hookimpl
 def register_models(register: Callable[..., Any]) -> None:
-    """Register the COCO checkpoints of every detector (exact sizes are not published)."""
+    """Register the COCO checkpoints of every detector (exact sizes are not published: approximate)."""
     from imgflow.models import ModelSpec
 
     for model, (url, description) in MODELS.items():
         register(ModelSpec(name=registry_name(model), url=url, size=None, license=LICENSE,
-                           stage="detect", description=description))
+                           stage="detect", description=description, approx_size=round(FILE_MIB[model] * 2**20),
+                           layout=functools.partial(network_layout, model)))

@@ -146,8 +146,14 @@ class Detect(Stage):
 
         source = self.weights_source()
         if source == RANDOM:
-            return {"weights": f"random@{self.random_seed()}"}
+            return models.random_fingerprint(self.random_seed())
         return models.weights_fingerprint(source, {registry_name(m): url for m, (url, _d) in MODELS.items()})
+
+    def preflight(self) -> list[Any]:
+        """The weights exist or will be downloaded (checked by validate, before any image)."""
+        from imgflow.preflight import weights_notices
+
+        return weights_notices(self.weights_source(), keywords=(RANDOM,))
 
     def setup(self, device: torch.device) -> None:
         """Build the detector, load its weights strictly (or seed a random init), move it to ``device``."""
@@ -174,7 +180,7 @@ class Detect(Stage):
         if device.type == "cpu":
             # oneDNN's convolutions are faster in NHWC: Faster R-CNN MobileNetV3 458 -> 420 ms/img
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.weights_id = self.fingerprint()["weights"]
+        self.weights_id = models.weights_label(self.fingerprint())
 
     def build(self) -> torch.nn.Module:
         """The torchvision architecture with 91 classes, no weights downloaded, post-processing

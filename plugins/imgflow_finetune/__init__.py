@@ -9,6 +9,7 @@ modules are imported inside the hooks, and torch/torchvision only in ``setup``/`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,22 @@ MODELS: dict[str, tuple[str, str]] = {
     ),
 }
 
+# File sizes in MiB as torchvision's weights enums publish them (meta["_file_size"]); a test checks
+# them with the URLs. Shown by `imgflow models list`, never used to verify a file.
+FILE_MIB: dict[str, float] = {
+    "resnet18": 44.661,
+    "resnet50": 97.781,
+    "mobilenet_v3_large": 21.114,
+    "efficientnet_b0": 20.451,
+}
+
+
+def network_layout(model: str) -> Any:
+    """The untrained ImageNet network (1000 classes) of the checkpoint (for ``imgflow models random``)."""
+    from imgflow_finetune import networks
+
+    return networks.build(model)
+
 
 def registry_name(model: str) -> str:
     """The shared-registry name of an architecture's ImageNet checkpoint."""
@@ -67,7 +84,8 @@ def register_models(register: Callable[..., Any]) -> None:
 
     for model, (url, description) in MODELS.items():
         register(ModelSpec(name=registry_name(model), url=url, license=LICENSE, stage="train.classifier",
-                           description=description))
+                           description=description, approx_size=round(FILE_MIB[model] * 2**20),
+                           layout=functools.partial(network_layout, model)))
 
 
 @hookimpl

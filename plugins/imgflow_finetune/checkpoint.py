@@ -46,28 +46,17 @@ def to_bytes(model: str, classes: list[str], state_dict: dict[str, torch.Tensor]
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read and check a classifier checkpoint; every failure names the file and the fix."""
-    import pickle
+    """Read and check a classifier checkpoint; every failure names the file and the fix.
 
-    import torch
+    Read by the shared loader (``weights_only=True``), so a file holding Python objects or a
+    damaged one gets the same message as for any other stage's weights.
+    """
+    from imgflow.models import load_checkpoint
 
-    from imgflow.models import check_torch_version
-
-    check_torch_version()
     retrain = "(fix: point 'weights' at the model.pt that train.classifier wrote)"
     if not path.is_file():
         raise ConfigError(f"classifier weights {path}: no such file {retrain}")
-    try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc) and "allowed global" not in str(exc):
-            raise ConfigError(f"classifier weights {path}: not a readable PyTorch checkpoint (truncated or "
-                              f"corrupt) {retrain}") from exc
-        raise ConfigError(f"classifier weights {path}: the file holds Python objects, not only tensors and "
-                          f"plain values, and is refused for safety {retrain}") from exc
-    except Exception as exc:  # truncated zip, not a torch file at all
-        raise ConfigError(f"classifier weights {path}: not a readable PyTorch checkpoint "
-                          f"({type(exc).__name__}) {retrain}") from exc
+    doc = load_checkpoint(path, "classifier weights")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ConfigError(f"classifier weights {path}: not an imgflow classifier checkpoint (expected "
                           f"format {FORMAT!r}) {retrain}")

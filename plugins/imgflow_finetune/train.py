@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from imgflow import Artifact, ConfigError, Params, Stage, StageContext, StageKind
+from imgflow import Artifact, ConfigError, Params, Stage, StageContext, StageKind, derive_seed
 from imgflow_finetune import MODELS, registry_name
 from imgflow_finetune.networks import ALIASES, IMAGENET_MEAN, IMAGENET_STD
 
@@ -63,7 +63,8 @@ class TrainClassifierParams(Params):
     )
     weights: str | None = Field(
         None, description="Backbone checkpoint instead of finetune-<model>: a registered name, a path "
-        "(relative to the pipeline file) or a URL of an ImageNet state dict for the same architecture.",
+        "(relative to the pipeline file) or a URL of an ImageNet state dict for the same architecture; "
+        "\"random\": a seeded random backbone with the fine-tuning recipe, for trying things out offline.",
     )
     epochs: int = Field(5, ge=1, le=100_000, description="Passes over the training images.")
     lr: float | None = Field(
@@ -213,7 +214,9 @@ class TrainClassifier(Stage):
         from imgflow import models
 
         facts: dict[str, Any] = {}
-        if self.params.pretrained:
+        if self.params.pretrained and self.weights_source() == models.RANDOM:
+            facts["backbone"] = models.random_fingerprint(self.random_seed())
+        elif self.params.pretrained:
             facts["backbone"] = models.weights_fingerprint(
                 self.weights_source(), {registry_name(m): url for m, (url, _d) in MODELS.items()})
         labels = self.labels_path()
@@ -221,11 +224,27 @@ class TrainClassifier(Stage):
             facts["labels"] = models.weights_fingerprint(labels)
         return facts
 
+    def preflight(self) -> list[Any]:
+        """The backbone weights exist or will be downloaded; the labels CSV exists (checked by validate)."""
+        from imgflow import models
+        from imgflow.preflight import file_notices, weights_notices
+
+        found = weights_notices(self.weights_source(), keywords=(models.RANDOM,)) if self.params.pretrained else []
+        labels = self.labels_path()
+        if labels is not None:
+            found += file_notices(labels, "labels CSV", "check 'labels' (relative to the pipeline file)")
+        return found
+
     def weights_source(self) -> str | Path:
         """The backbone checkpoint: finetune-<model>, or what ``weights`` names."""
         from imgflow import models
 
-        return models.resolve_weights(self.params.weights, registry_name(self.params.model), self.context.resolve)
+        return models.resolve_weights(self.params.weights, registry_name(self.params.model), self.context.resolve,
+                                      keywords=(models.RANDOM,))
+
+    def random_seed(self) -> int:
+        """The seed of ``weights = "random"``: the same pipeline starts from the same backbone."""
+        return derive_seed(self.context.seed, self.id, "random-init", self.params.model)
 
     # -- setup
 
@@ -260,6 +279,10 @@ class TrainClassifier(Stage):
         from imgflow import models
         from imgflow_finetune import networks
 
+        if self.weights_source() == models.RANDOM:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.random_seed())
+                return networks.build(self.params.model)
         with torch.device("meta"):
             net = networks.build(self.params.model)
         state = models.load_state_dict(self.weights_source(), expected=networks.expected_shapes(net))

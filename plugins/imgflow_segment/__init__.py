@@ -8,6 +8,7 @@ module is imported inside the hook, and torch/torchvision only in ``setup``/``pr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,22 @@ MODELS: dict[str, tuple[str, str]] = {
     ),
 }
 
+# File sizes in MiB as torchvision's weights enums publish them (meta["_file_size"]); a test checks
+# them with the URLs. Shown by `imgflow models list`, never used to verify a file.
+FILE_MIB: dict[str, float] = {
+    "fcn_resnet50": 135.009,
+    "deeplabv3_resnet50": 160.515,
+    "deeplabv3_mobilenet_v3_large": 42.301,
+    "lraspp_mobilenet_v3_large": 12.49,
+}
+
+
+def network_layout(model: str) -> Any:
+    """The untrained network with the VOC checkpoint's layout (for ``imgflow models random``)."""
+    from imgflow_segment import networks
+
+    return networks.build(model)
+
 
 def registry_name(model: str) -> str:
     """The shared-registry name of an architecture's official checkpoint."""
@@ -62,4 +79,5 @@ def register_models(register: Callable[..., Any]) -> None:
 
     for model, (url, description) in MODELS.items():
         register(ModelSpec(name=registry_name(model), url=url, license=LICENSE, stage="segment",
-                           description=description))
+                           description=description, approx_size=round(FILE_MIB[model] * 2**20),
+                           layout=functools.partial(network_layout, model)))

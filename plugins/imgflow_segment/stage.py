@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM = "random"
+RANDOM_SEED = 0  # weights = "random": the same untrained network every time
 # Upper bound on logits elements held at full resolution at once (21 classes x rows x width):
 # 2**24 floats = 64 MiB per strip, whatever the photo's size.
 STRIP_ELEMENTS = 1 << 24
@@ -114,8 +115,14 @@ class Segment(Stage):
 
         source = self.weights_source()
         if source == RANDOM:
-            return {"weights": source}
+            return models.random_fingerprint(RANDOM_SEED)
         return models.weights_fingerprint(source, {registry_name(m): url for m, (url, _d) in MODELS.items()})
+
+    def preflight(self) -> list[Any]:
+        """The weights exist or will be downloaded (checked by validate, before any image)."""
+        from imgflow.preflight import weights_notices
+
+        return weights_notices(self.weights_source(), keywords=(RANDOM,))
 
     def setup(self, device: torch.device) -> None:
         """Build the network, load the weights strictly (or initialise it randomly), eval mode."""
@@ -130,7 +137,9 @@ class Segment(Stage):
         # image on 2 CPU cores (LR-ASPP about the same, 139 -> 136).
         fold_batch_norms(net.eval())
         self.net = net.to(device)
-        self.weights_id = self.fingerprint()["weights"]
+        from imgflow import models
+
+        self.weights_id = models.weights_label(self.fingerprint())
 
     def _random_net(self) -> Any:
         """A randomly initialised network, the same every time (seed 0, global RNG untouched), so
@@ -140,7 +149,7 @@ class Segment(Stage):
         from imgflow_segment import networks
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+            torch.manual_seed(RANDOM_SEED)
             return networks.build(self.params.model)
 
     def _loaded_net(self) -> Any:
@@ -214,7 +223,7 @@ class Segment(Stage):
         height, width = (int(s) for s in item.image.shape[-2:])
         labels = upsample_argmax(logits, height, width)
         counts = torch.bincount(labels.flatten(), minlength=NUM_CLASSES)[:NUM_CLASSES]
-        item.results[self.id] = {"model": self.params.model,
+        item.results[self.id] = {"model": self.params.model, "weights": self.weights_id,
                                  "classes": class_fractions([int(c) for c in counts.tolist()])}
         if self.params.mask:
             data = encode_mask_png(labels.to("cpu", torch.uint8).numpy())

@@ -10,6 +10,7 @@ modules are imported inside the hook and torch/torchvision only in ``setup``/``p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,16 @@ MODELS: dict[str, tuple[str, str]] = {
 }
 VGG19 = "stylize-vgg19"
 VGG16 = "stylize-vgg16"
+# File sizes in MiB as torchvision's weights enums publish them (meta["_file_size"]); a test checks
+# them with the URLs. Shown by `imgflow models list`, never used to verify a file.
+FILE_MIB: dict[str, float] = {VGG19: 548.051, VGG16: 527.796}
+
+
+def network_layout(name: str) -> Any:
+    """The whole untrained torchvision VGG (classifier included, as the checkpoint holds it)."""
+    from torchvision import models as tv_models
+
+    return {VGG19: tv_models.vgg19, VGG16: tv_models.vgg16}[name](weights=None)
 
 
 @hookimpl
@@ -57,4 +68,5 @@ def register_models(register: Callable[..., Any]) -> None:
 
     for name, (url, description) in MODELS.items():
         register(ModelSpec(name=name, url=url, license=LICENSE, stage="style.optimize"
-                           if name == VGG19 else "train.fast_style", description=description))
+                           if name == VGG19 else "train.fast_style", description=description,
+                           approx_size=round(FILE_MIB[name] * 2**20), layout=functools.partial(network_layout, name)))

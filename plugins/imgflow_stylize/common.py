@@ -56,13 +56,21 @@ class StyleSource:
     def style_path(self) -> Path:
         return self.context.resolve(self.params.style)
 
+    def preflight(self) -> list[Any]:
+        """The style image exists; the VGG weights exist or will be downloaded (checked by validate)."""
+        from imgflow.preflight import file_notices, weights_notices
+
+        return file_notices(self.style_path(), "style image", "set 'style' to an image file (relative paths "
+                            "are relative to the pipeline file)") + weights_notices(
+            self.vgg_source(), "vgg_weights", keywords=(RANDOM,))
+
     def fingerprint(self) -> dict[str, Any]:
         """The loss network's weights and the style image's bytes both shape the result."""
         from imgflow import models
         from imgflow_stylize import MODELS
 
         source = self.vgg_source()
-        vgg = {"weights": source} if source == RANDOM else models.weights_fingerprint(
+        vgg = models.random_fingerprint(RANDOM_VGG_SEED) if source == RANDOM else models.weights_fingerprint(
             source, {name: url for name, (url, _d) in MODELS.items()})
         return {"vgg": vgg, "style": file_fingerprint(self.style_path())}
 
@@ -107,11 +115,11 @@ def load_style_image(path: Path, stage_id: str) -> torch.Tensor:
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, C, H, W) resized to ``size`` bilinearly, antialiased when shrinking (as torchvision's
     Resize on tensors), unchanged when already that size."""
-    from torch.nn import functional as F
+    from imgflow.resample import interpolate
 
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return interpolate(images, size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def shorter_edge_size(height: int, width: int, short: int) -> tuple[int, int]:

@@ -90,8 +90,17 @@ class StyleFast(Stage):
 
         source = self.weights_source()
         if source == RANDOM:
-            return {"weights": f"random@{RANDOM_NET_SEED}"}
+            return models.random_fingerprint(RANDOM_NET_SEED)
         return models.weights_fingerprint(source)
+
+    def preflight(self) -> list[Any]:
+        """The TransformerNet checkpoint exists (e.g. train_style.toml has run), checked by validate."""
+        from imgflow.preflight import Notice, weights_notices
+
+        return [Notice(n.message, "train the style first (imgflow run pipelines/train_style.toml writes "
+                       "style.pth), or point 'weights' at a TransformerNet checkpoint; relative paths are "
+                       "relative to the pipeline file", n.error) if n.error else n
+                for n in weights_notices(self.weights_source(), keywords=(RANDOM,))]
 
     def setup(self, device: torch.device) -> None:
         """Build the network at ``width`` and load the checkpoint strictly; eval mode."""

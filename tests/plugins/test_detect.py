@@ -178,6 +178,8 @@ def test_registered_urls_equal_torchvision_weights_enums():
         assert MODELS[model][0] == url, model
         spec = models.get(registry_name(model))
         assert spec.url == url and spec.stage == "detect"
+        # the size `imgflow models list` shows is torchvision's published one
+        assert spec.approx_size == round(getattr(detection, enum_name).COCO_V1.meta["_file_size"] * 2**20)
         # torch.hub's check: the hex after the last '-' of the file name prefixes the sha256
         assert spec.sha256_prefix == re.search(r"-([0-9a-f]{8,})\.pth$", url).group(1)
 

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -152,6 +153,7 @@ def test_registered_urls_equal_torchvision_weights_enums(finetune_plugin):
         assert MODELS[model][0] == official.url, model
         spec = models.get(registry_name(model))
         assert spec.url == official.url and spec.stage == "train.classifier"
+        assert spec.approx_size == round(official.meta["_file_size"] * 2**20)  # what models list shows
         assert spec.sha256_prefix == official.url.rsplit("-", 1)[1].removesuffix(".pth")
         # the architecture we build has exactly the key layout of the official checkpoint
         assert official.meta["num_params"] == sum(p.numel() for p in networks.build(model).parameters())
@@ -502,7 +504,8 @@ def test_classify_top_k_and_sorted_copies(tiny, tmp_path):
     (None, "no such file"),
     (b"not a checkpoint", "not a readable PyTorch checkpoint"),
     ("plain", "not an imgflow classifier checkpoint"),
-    ("object", "holds Python objects"),
+    ("object", "contains Python objects"),
+    ("pickle", "contains Python objects"),  # a plain pickle is not "truncated" (issue 10, item 12)
 ])
 def test_classify_refuses_bad_weights_naming_the_file(tmp_path, content, needle):
     path = tmp_path / "model.pt"
@@ -510,6 +513,8 @@ def test_classify_refuses_bad_weights_naming_the_file(tmp_path, content, needle)
         torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     elif content == "object":
         torch.save({"format": "imgflow-classifier", "hook": Path("x")}, path)
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps({"format": "imgflow-classifier", "hook": Path("x")}))
     elif content is not None:
         path.write_bytes(content)
     stage = Classify(ClassifyParams(weights=str(path)), StageContext(stage_id="classify"))

@@ -187,7 +187,7 @@ def test_fingerprint_names_the_weights(tmp_path, segment_plugin):
     assert default.fingerprint() == {"weights": "segment-lraspp_mobilenet_v3_large@d234d4ea"}
     fcn = make_stage(setup=False, weights=None, model="fcn_resnet50")
     assert fcn.fingerprint() == {"weights": "segment-fcn_resnet50@1167a1af"}
-    assert make_stage(setup=False).fingerprint() == {"weights": "random"}
+    assert make_stage(setup=False).fingerprint() == {"weights": "random@0", "untrained": True}
     (tmp_path / "mine.pth").write_bytes(b"12345")
     custom = make_stage(setup=False, weights="mine.pth", pipeline_dir=tmp_path).fingerprint()
     assert custom["weights"] == str(tmp_path / "mine.pth") and custom["size"] == 5
@@ -223,6 +223,7 @@ def test_registered_urls_equal_torchvision_weights_enums(segment_plugin):
         assert official.meta["categories"][1:] == list(VOC_CLASSES[1:])  # theirs: "__background__"
         spec = models.get(registry_name(model))
         assert spec.url == official.url and spec.stage == "segment"
+        assert spec.approx_size == round(official.meta["_file_size"] * 2**20)  # what models list shows
         assert spec.sha256_prefix == official.url.rsplit("-", 1)[1].removesuffix(".pth")
 
 
@@ -254,7 +255,10 @@ def test_stage_loads_a_checkpoint_file_strictly_and_uses_it(tmp_path):
     b = random.process(make_batch(SIZES))
     for x, y in zip(a.items, b.items, strict=True):
         assert x.artifacts[0].data == y.artifacts[0].data
-        assert x.results == y.results
+        assert x.results["segment"]["classes"] == y.results["segment"]["classes"]
+        # which weights made the labels is recorded, as by the other model stages (issue 10, item 19)
+        assert x.results["segment"]["weights"] == str(tmp_path / "dl.pth")
+        assert y.results["segment"]["weights"] == "random@0 (untrained)"
 
 
 def test_wrong_checkpoint_names_the_file_and_what_differs(tmp_path):

@@ -316,7 +316,7 @@ def test_style_fast_params_and_fingerprint(tmp_path):
     (tmp_path / "s.pth").write_bytes(b"1234")
     print_ = fast_stage(setup=False, weights="s.pth", pipeline_dir=tmp_path).fingerprint()
     assert print_["weights"] == str(tmp_path / "s.pth") and print_["size"] == 4
-    assert fast_stage(setup=False).fingerprint() == {"weights": "random@0"}
+    assert fast_stage(setup=False).fingerprint() == {"weights": "random@0", "untrained": True}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +332,7 @@ def test_registered_vgg_urls_equal_torchvision_weights_enums(stylize_plugin):
     for name, enum in ((VGG19, VGG19_Weights.IMAGENET1K_V1), (VGG16, VGG16_Weights.IMAGENET1K_V1)):
         spec = models.get(name)
         assert spec.url == enum.url
+        assert spec.approx_size == round(enum.meta["_file_size"] * 2**20)  # what models list shows
         assert spec.sha256_prefix == enum.url.rsplit("-", 1)[1].removesuffix(".pth")
 
 
@@ -491,7 +492,7 @@ def test_fingerprint_follows_the_style_bytes(tmp_path, style_file):
     stage = StyleOptimize(StyleOptimizeParams(style="s.png", vgg_weights="random"),
                           StageContext(stage_id="s", pipeline_dir=tmp_path))
     first = stage.fingerprint()
-    assert first["vgg"] == {"weights": "random"} and len(first["style"]["sha256"]) == 64
+    assert first["vgg"] == {"weights": "random@0", "untrained": True} and len(first["style"]["sha256"]) == 64
     Image.new("RGB", (8, 8), "red").save(copy)
     assert stage.fingerprint()["style"] != first["style"]
 
