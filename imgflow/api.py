@@ -60,7 +60,7 @@ def run_pipeline(pipeline: str | os.PathLike[str], *, input: str | os.PathLike[s
     (default: printed to stderr). ``result.summary_line(name)`` is the line cron would log.
     """
     from imgflow.engine.results import RunOptions
-    from imgflow.engine.run import run_pipeline as run_validated
+    from imgflow.run import run_pipeline as run_validated
 
     if force and retry_failed:
         from imgflow.errors import ConfigError

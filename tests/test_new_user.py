@@ -62,7 +62,7 @@ def test_run_and_validate_answer_in_json_also_when_they_fail(job):
     assert "**/*.ppm" in doc["include"] and doc["output"] == str(out)
     code, text = invoke("run", pipe, "--json")
     doc = json.loads(text)  # stdout holds the JSON document only
-    assert code == 0 and doc["ok"] and doc["counts"] == {"done": 4, "failed": 0, "skipped": 0}
+    assert code == 0 and doc["ok"] and doc["counts"] == {"done": 4, "failed": 0, "skipped": 0, "failed_before": 0}
     code, text = invoke("run", pipe, "--json", "-p", "invert.nope=1")
     doc = json.loads(text)
     assert code == 2 and not doc["ok"] and doc["exit_code"] == 2
@@ -315,7 +315,7 @@ def test_resize_sizes_no_image_could_take_are_refused_and_one_pixel_wide_outputs
 def test_run_pipeline_from_python_with_overrides(job, tmp_path):
     images, out, pipe = job
     result = imgflow.run_pipeline(pipe, input=images / "sub", output=tmp_path / "api", echo=lambda m: None)
-    assert result.exit_code == 0 and result.counts == {"done": 1, "failed": 0, "skipped": 0}
+    assert result.exit_code == 0 and result.counts == {"done": 1, "failed": 0, "skipped": 0, "failed_before": 0}
     assert (tmp_path / "api" / "deep0000.png").is_file()
     with pytest.raises(imgflow.ConfigError) as info:
         imgflow.run_pipeline(pipe, params={"invert.strength": 2})
