@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from imgflow.config.executor import RaySection
 from imgflow.config.sections import DEFAULT_NAMING, DEVICE_RE, SECTION_MODELS, TOP_LEVEL_KEYS, InputSection, OutputSection
 from imgflow.config.spec import StageSpec
 from imgflow.errors import ConfigError, Problem, ValidationFailed
@@ -21,6 +22,7 @@ from imgflow.io.naming import validate_template
 from imgflow.stage import StageContext
 
 STAGE_ID_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
+NESTED_SECTIONS: dict[str, dict[str, type]] = {"run": {"ray": RaySection}}
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -111,8 +113,9 @@ def check_sections(where: str, data: dict, problems: list[Problem]) -> dict[str,
             problems.append(Problem(f"{where} [{name}]", "section is missing",
                                     f"add [{name}] with path = \"...\""))
             continue
+        nested = _nested_sections(where, name, raw, problems)
         try:
-            parsed[name] = model.model_validate(raw)
+            parsed[name] = model.model_validate({**raw, **nested})
         except ValidationError as exc:
             problems.extend(_pydantic_problems(f"{where} [{name}]", exc, list(model.model_fields)))
     run = parsed.get("run")
@@ -136,6 +139,25 @@ def check_sections(where: str, data: dict, problems: list[Problem]) -> dict[str,
     if out is not None:
         problems.extend(_check_naming(where, out.naming))
     return parsed
+
+
+def _nested_sections(where: str, name: str, raw: dict, problems: list[Problem]) -> dict[str, Any]:
+    """Sub-tables such as ``[run.ray]``, validated on their own so problems name the sub-table."""
+    checked: dict[str, Any] = {}
+    for key, model in NESTED_SECTIONS.get(name, {}).items():
+        if key not in raw:
+            continue
+        label = f"{where} [{name}.{key}]"
+        if not isinstance(raw[key], dict):
+            problems.append(Problem(label, f"expected a table, got {raw[key]!r}", f"write [{name}.{key}] as a section"))
+        else:
+            try:
+                checked[key] = model.model_validate(raw[key])
+                continue
+            except ValidationError as exc:
+                problems.extend(_pydantic_problems(label, exc, list(model.model_fields)))
+        checked[key] = model()  # reported above; keep validating the rest of the section
+    return checked
 
 
 def _check_naming(where: str, template: str) -> list[Problem]:

@@ -108,7 +108,7 @@ def _execute(pipeline: Pipeline, store: StateStore, fingerprint: str, chain: Sta
     writer = OutputWriter(pipeline.output_path, pipeline.output, OutputClaims(store.output_owner))
     job = Job(pipeline=pipeline, plan=plan, chain=chain, writer=writer, recorder=recorder, options=options,
               echo=echo)
-    get_executor("local").execute(job)
+    get_executor(pipeline.run.executor).execute(job)
 
 
 def _train(pipeline: Pipeline, store: StateStore, run_id: str, fingerprint: str, chain: StageChain,
@@ -136,7 +136,7 @@ def _export(pipeline: Pipeline, stages: list[Stage], store: StateStore) -> None:
 def _options_doc(pipeline: Pipeline, options: RunOptions) -> dict[str, Any]:
     run = pipeline.run
     return {"argv": options.argv, "force": options.force, "retry_failed": options.retry_failed,
-            "device": run.device, "batch_size": run.batch_size, "workers": run.workers,
+            "device": run.device, "batch_size": run.batch_size, "workers": run.workers, "executor": run.executor,
             "overrides": pipeline.overrides}
 
 
