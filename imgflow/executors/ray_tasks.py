@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,8 +108,8 @@ class DecodeActor:
 class StageActor:
     """The pipeline's stages set up once (weights load once per actor), then batch after batch.
 
-    Each input's outputs are staged (encoded, fsynced temp files beside their final names) here;
-    the driver claims the names and renames them into place.
+    Each input's outputs are staged (encoded, fsynced temp files beside their final names) here,
+    in ``[run] workers`` threads; the driver claims the names and renames them into place.
     """
 
     def __init__(self, pipeline: Pipeline, env: dict[str, str]) -> None:
@@ -120,6 +121,8 @@ class StageActor:
         self.chain = StageChain(pipeline.build_stages(), device=pipeline.run.device, seed=pipeline.run.seed)
         self.chain.setup()  # a stage that cannot set up (weights, device) is a ConfigError: the run stops
         self.writer = OutputWriter(pipeline.output_path, pipeline.output, OutputClaims(lambda rel: None))
+        # Encoding threads, as the local executor's writer threads: [run] workers of them.
+        self.encoders = ThreadPoolExecutor(max_workers=pipeline.run.workers, thread_name_prefix="imgflow-encode")
 
     def __call__(self, table: Any) -> dict[str, Any]:
         from imgflow.engine.chain import ChainInput
@@ -137,15 +140,18 @@ class StageActor:
             else:
                 inputs.append(ChainInput((index, info, timings), relpath, _decoded(info, buffer)))
         if inputs:
-            for result in self.chain.run(inputs):
-                index, info, timings = result.input.key
-                outcomes[index] = self._stage(result, info, {**timings, "stages_s": round(result.stages_s, 4)})
+            results = self.chain.run(inputs)
+            staged = self.encoders.map(self._stage, results)  # Pillow encodes without the GIL
+            for result, outcome in zip(results, staged):
+                outcomes[result.input.key[0]] = outcome
         return {"index": indexes, "outcome": _objects([pickle.dumps(outcomes[i]) for i in indexes])}
 
-    def _stage(self, result: Any, info: DecodeInfo, timings: dict[str, float]) -> Outcome:
+    def _stage(self, result: Any) -> Outcome:
         """Encode and stage one input's outputs; any failure is that input's."""
         from imgflow.executors.local import merge_results
 
+        _index, info, timings = result.input.key
+        timings = {**timings, "stages_s": round(result.stages_s, 4)}
         if result.error is not None:
             return Outcome(result.error, timings)
         started = time.perf_counter()
@@ -163,6 +169,9 @@ class StageActor:
         chain = getattr(self, "chain", None)
         if chain is not None:
             chain.teardown()
+        encoders = getattr(self, "encoders", None)
+        if encoders is not None:
+            encoders.shutdown(wait=False)
 
 
 def _objects(values: list[Any]) -> Any:
