@@ -18,13 +18,14 @@ included: what a cron run pays). Time to first output is when the first final ou
 appears. Per-item cost is the slope after the first output: (wall - first output) / (N - 1).
 
 The recording rate is measured in a child process on the driver's own code path
-(:meth:`imgflow.executors.ray.Dispatcher.settle`): a staged temp file renamed into place, the
-folder fsynced, the record written to SQLite, for ``--records`` items.
+(:meth:`imgflow.executors.ray.Dispatcher.settle`): staged temp files renamed into place, one
+folder fsync per batch and folder, the records written to SQLite, for ``--records`` items in
+batches of 8 (the jobs' batch size) and, for comparison, of 1.
 
 Internal sub-commands (run as subprocesses; this process never imports torch or Ray):
 
     python benchmarks/executors.py make-weights PATH
-    python benchmarks/executors.py record-rate OUTPUT COUNT
+    python benchmarks/executors.py record-rate OUTPUT COUNT BATCH
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ def make_weights(path: Path) -> None:
     tmp.replace(path)
 
 
-def record_rate(output: Path, count: int) -> None:
-    """Time the driver's settle path (commit a staged file + record) for ``count`` items."""
+def record_rate(output: Path, count: int, batch: int) -> None:
+    """Time the driver's settle path (commit staged files + record) for ``count`` items."""
     from types import SimpleNamespace
 
     from imgflow.config.sections import OutputSection
@@ -158,9 +159,10 @@ def record_rate(output: Path, count: int) -> None:
             works.append(SimpleNamespace(source=source, relpath=rel, prior=None))
             staged = [StagedOutput(rel, stage_file(output, rel, b"x" * 2000), True)]
             outcomes.append(Outcome(None, {"decode_s": 0.01}, staged=staged, meta={"width": 1}))
+        pairs = list(zip(works, outcomes))
         started = time.perf_counter()
-        for work, outcome in zip(works, outcomes):
-            dispatcher.settle(work, outcome)
+        for k in range(0, count, batch):  # as the executor does: one Ray batch at a time
+            dispatcher.settle(pairs[k:k + batch])
         store.flush()
         seconds = time.perf_counter() - started
     print(json.dumps({"records": count, "seconds": seconds, "per_s": count / seconds}))
@@ -232,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     if "colorize" in jobs:
         pipe = write_pipeline(work / "colorize.toml", "colorize", colour_in, weights, args.device, args.address)
         rows += measure_job("colorize", pipe, work, colorize_n, args.reps, args.address)
-    say("  driver recording rate")
-    done = subprocess.run([sys.executable, THIS, "record-rate", str(work / "records"), str(args.records)],
-                          capture_output=True, text=True, check=True)
-    rate = json.loads(done.stdout.strip().splitlines()[-1])
-    rows.append(Row("driver: records committed per second", rate["per_s"], None, unit="rec/s", digits=0,
-                    note="rename into place + folder fsync + SQLite record, one item at a time"))
+    for batch in (8, 1):
+        say(f"  driver recording rate, batches of {batch}")
+        done = subprocess.run([sys.executable, THIS, "record-rate", str(work / "records"), str(args.records),
+                               str(batch)], capture_output=True, text=True, check=True)
+        rate = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(Row(f"driver: records committed per second (batches of {batch})", rate["per_s"], None,
+                        unit="rec/s", digits=0,
+                        note="renames into place + one fsync per folder and batch + SQLite records"))
     print_machine_facts(facts)
     print_table(rows)
     if args.json:
@@ -249,6 +253,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "make-weights":
         make_weights(Path(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "record-rate":
-        record_rate(Path(sys.argv[2]), int(sys.argv[3]))
+        record_rate(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 1)
     else:
         sys.exit(main())

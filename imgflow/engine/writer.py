@@ -121,12 +121,14 @@ class OutputWriter:
             raise
         return staged
 
-    def commit(self, source: str, prior_outputs: Iterable[str], staged: list[StagedOutput]) -> list[str]:
+    def commit(self, source: str, prior_outputs: Iterable[str], staged: list[StagedOutput],
+               sync: bool = True) -> list[str]:
         """Claim each staged image's name and rename everything into place (driver side).
 
         The same rules as :meth:`write`: a name another input owns is ``output_exists``; with
         ``overwrite = "never"`` only this input's own earlier outputs are replaced. On an error
         the temp files not yet renamed are removed (names already renamed stay, as with write).
+        With ``sync=False`` the caller fsyncs the folders (:meth:`sync`) before recording.
         """
         from imgflow.io.atomic import commit_file, safe_target
 
@@ -138,12 +140,19 @@ class OutputWriter:
                 if out.is_image:
                     self.claims.claim(out.relpath, source)
                     replace = self.output.overwrite == "replace" or out.relpath in prior
-                commit_file(out.temp, safe_target(self.root, out.relpath), replace=replace)
+                commit_file(out.temp, safe_target(self.root, out.relpath), replace=replace, sync=sync)
                 written.append(out.relpath)
         except BaseException:
             self.discard(staged[index:])
             raise
         return written
+
+    def sync(self, written: Iterable[str]) -> None:
+        """Persist the renames of ``written`` (output relpaths): one fsync per folder."""
+        from imgflow.io.atomic import sync_folder
+
+        for folder in sorted({(self.root / rel).parent for rel in written}):
+            sync_folder(folder)
 
     @staticmethod
     def discard(staged: Iterable[StagedOutput]) -> None:

@@ -100,14 +100,15 @@ class Dispatcher:
         dataset = self._dataset(window, one_at_a_time)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                indexes = batch.column("index").to_pylist()
-                for index, blob in zip(indexes, batch.column("outcome").to_pylist()):
+                results = []
+                for index, blob in zip(batch.column("index").to_pylist(), batch.column("outcome").to_pylist()):
                     work = pending.pop(index, None)
                     outcome: Outcome = pickle.loads(blob)
                     if work is None:  # a block Ray ran twice: the first result stands
                         self.job.writer.discard(outcome.staged)
                         continue
-                    self.settle(work, outcome)
+                    results.append((work, outcome))
+                self.settle(results)
         except Exception as exc:
             cause = _imgflow_cause(exc)
             if cause is not None:  # e.g. a stage that cannot set up in the actor: exit 2, as locally
@@ -151,26 +152,44 @@ class Dispatcher:
                          num_cpus=ray_settings.stage_cpus, num_gpus=ray_settings.num_gpus, max_task_retries=0)
         )
 
-    def settle(self, work: WorkItem, outcome: Outcome) -> None:
-        """Commit one input's staged outputs (claim, rename) and record it: the driver's half."""
-        recorder, writer = self.job.recorder, self.job.writer
-        if outcome.error is not None:
-            recorder.failed(work.source, outcome.error, outcome.timings)
-            return
-        started = time.perf_counter()
-        prior = work.prior.outputs if work.prior else []
+    def settle(self, results: list[tuple[WorkItem, Outcome]]) -> None:
+        """Commit and record one batch of results: the driver's half of every write.
+
+        Renames first, then one fsync per folder for the whole batch, then the records: an item
+        is recorded done only once its renames are durable, and a batch of outputs in one folder
+        costs one fsync instead of one each (the driver's commit rate bounds a large cluster).
+        """
+        writer = self.job.writer
+        committed: list[tuple[WorkItem, Outcome, list[str], float]] = []
+        for work, outcome in results:
+            if outcome.error is not None:
+                self._failed(work, outcome.error, outcome.timings)
+                continue
+            started = time.perf_counter()
+            prior = work.prior.outputs if work.prior else []
+            try:
+                written = writer.commit(work.relpath, prior, outcome.staged, sync=False)
+            except ItemError as exc:
+                self._failed(work, exc, outcome.timings)
+            except Exception as exc:  # noqa: BLE001 - one input's write, not the run
+                self._failed(work, ItemError("write_error", f"{type(exc).__name__}: {exc}"), outcome.timings)
+            else:
+                committed.append((work, outcome, written, time.perf_counter() - started))
         try:
-            written = writer.commit(work.relpath, prior, outcome.staged)
+            writer.sync(rel for _work, _outcome, written, _s in committed for rel in written)
         except ItemError as exc:
-            recorder.failed(work.source, exc, outcome.timings)
-        except Exception as exc:  # noqa: BLE001 - one input's write, not the run
-            recorder.failed(work.source, ItemError("write_error", f"{type(exc).__name__}: {exc}"), outcome.timings)
-        else:
-            timings = {**outcome.timings, "commit_s": round(time.perf_counter() - started, 4)}
-            recorder.done(work.source, outputs=written, results=outcome.results, timings=timings,
-                          meta=outcome.meta, content_hash=outcome.content_hash)
-        finally:
+            for work, outcome, _written, _s in committed:
+                self._failed(work, exc, outcome.timings)
+            return
+        for work, outcome, written, seconds in committed:
+            self.job.recorder.done(work.source, outputs=written, results=outcome.results,
+                                   timings={**outcome.timings, "commit_s": round(seconds, 4)},
+                                   meta=outcome.meta, content_hash=outcome.content_hash)
             writer.claims.release(work.relpath)
+
+    def _failed(self, work: WorkItem, error: ItemError, timings: dict[str, float]) -> None:
+        self.job.recorder.failed(work.source, error, timings)
+        self.job.writer.claims.release(work.relpath)
 
 
 def _imgflow_cause(exc: BaseException) -> ImgflowError | None:

@@ -64,7 +64,8 @@ def ray_session(settings: RaySection) -> Iterator[Any]:
         except ConnectionError as exc:
             raise ConfigError(f"[run.ray] address = {settings.address!r}: cannot connect to a Ray cluster "
                               f"({exc}) (fix: start one with `ray start --head`, or unset address to start "
-                              "a local Ray for this run)") from None
+                              "a local Ray for this run; a cluster with token authentication also needs "
+                              "RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token)") from None
     quiet_ray_data()
     try:
         yield ray

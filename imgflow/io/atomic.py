@@ -143,11 +143,12 @@ def stage_file(root: Path, relpath: str, data: bytes) -> str:
     return temp
 
 
-def commit_file(temp: str, target: Path, *, replace: bool) -> Path:
+def commit_file(temp: str, target: Path, *, replace: bool, sync: bool = True) -> Path:
     """Rename a staged temp file to ``target`` (its own folder) and fsync the folder.
 
     ``replace=False`` links instead, failing with ``output_exists`` when the name is taken. The
-    temp file is removed whatever happens.
+    temp file is removed whatever happens. ``sync=False`` leaves the folder's fsync to the
+    caller (:func:`sync_folder`), who can then persist many renames in one folder at once.
     """
     folder = os.path.dirname(os.fspath(target))
     try:
@@ -155,13 +156,22 @@ def commit_file(temp: str, target: Path, *, replace: bool) -> Path:
             os.replace(temp, target)
         else:
             _link_into_place(temp, os.fspath(target))
-        _fsync_folder(folder)
+        if sync:
+            _fsync_folder(folder)
     except BaseException as exc:
         _remove_quietly(temp)
         if isinstance(exc, OSError):
             raise _write_error(target, exc) from exc
         raise
     return target
+
+
+def sync_folder(folder: Path) -> None:
+    """Persist the renames done in ``folder``; an OS error is ``ItemError("write_error")``."""
+    try:
+        _fsync_folder(os.fspath(folder))
+    except OSError as exc:
+        raise _write_error(folder, exc) from exc
 
 
 def discard_file(temp: str) -> None:
