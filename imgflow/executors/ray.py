@@ -31,7 +31,7 @@ from itertools import chain as chained
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from imgflow.errors import ImgflowError, ItemError
+from imgflow.errors import ConfigError, ImgflowError, ItemError
 from imgflow.executors.base import Job
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,11 +107,16 @@ class Dispatcher:
                     if work is None:  # a block Ray ran twice: the first result stands
                         self.job.writer.discard(outcome.staged)
                         continue
+                    if outcome.fatal is not None:  # a stage actor could not set up: exit 2, as locally
+                        self.settle(results)
+                        raise _fatal(*outcome.fatal)
                     results.append((work, outcome))
                 self.settle(results)
+        except ImgflowError:
+            raise
         except Exception as exc:
             cause = _imgflow_cause(exc)
-            if cause is not None:  # e.g. a stage that cannot set up in the actor: exit 2, as locally
+            if cause is not None:
                 raise cause from None
             raise
         return list(pending.values())
@@ -192,17 +197,32 @@ class Dispatcher:
         self.job.writer.claims.release(work.relpath)
 
 
+def _fatal(message: str, exit_code: int) -> ImgflowError:
+    error = ConfigError(message)
+    error.exit_code = exit_code
+    return error
+
+
 def _imgflow_cause(exc: BaseException) -> ImgflowError | None:
-    """The imgflow error behind a Ray error (Ray wraps what an actor raised), if there is one."""
+    """The imgflow error behind a Ray error, if there is one.
+
+    A task's exception comes back as a RayTaskError holding it. An actor whose constructor
+    raised comes back as an ActorDiedError holding only its text: a worker that cannot build the
+    stages (imgflow or a plugin missing on a node) is a configuration problem, exit 2.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        cause = getattr(current, "cause", None)  # RayTaskError: what the actor raised
+        cause = getattr(current, "cause", None)  # RayTaskError: what the task raised
         if isinstance(cause, BaseException):
             current = cause
             continue
         if isinstance(current, ImgflowError):
             return current
+        if getattr(current, "actor_init_failed", False):
+            last = [line for line in str(current).splitlines() if line.strip()][-1:]
+            return ConfigError(f"a Ray worker could not start imgflow's actor: {''.join(last).strip()} "
+                               "(fix: install the same imgflow and plugins on every node of the cluster)")
         current = current.__cause__
     return None

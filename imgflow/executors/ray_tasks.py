@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imgflow.errors import ItemError
+from imgflow.errors import ImgflowError, ItemError
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgflow.config import Pipeline
@@ -58,6 +58,7 @@ class Outcome:
     results: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     content_hash: str | None = None
+    fatal: tuple[str, int] | None = None  # (message, exit code): the stage actor could not set up
 
 
 def apply_env(env: dict[str, str]) -> None:
@@ -119,7 +120,13 @@ class StageActor:
         apply_env(env)
         self.seed = pipeline.run.seed
         self.chain = StageChain(pipeline.build_stages(), device=pipeline.run.device, seed=pipeline.run.seed)
-        self.chain.setup()  # a stage that cannot set up (weights, device) is a ConfigError: the run stops
+        self.fatal: tuple[str, int] | None = None
+        try:
+            self.chain.setup()
+        except ImgflowError as exc:
+            # A stage that cannot set up (weights, device) stops the run with exit 2, as locally.
+            # Raised here, Ray would keep only its text; handed back, the driver raises it.
+            self.fatal = (str(exc), exc.exit_code)
         self.writer = OutputWriter(pipeline.output_path, pipeline.output, OutputClaims(lambda rel: None))
         # Encoding threads, as the local executor's writer threads: [run] workers of them.
         self.encoders = ThreadPoolExecutor(max_workers=pipeline.run.workers, thread_name_prefix="imgflow-encode")
@@ -128,6 +135,9 @@ class StageActor:
         from imgflow.engine.chain import ChainInput
 
         indexes = table.column("index").to_pylist()
+        if self.fatal is not None:
+            fatal = pickle.dumps(Outcome(None, {}, fatal=self.fatal))
+            return {"index": indexes, "outcome": _objects([fatal] * len(indexes))}
         relpaths = table.column("relpath").to_pylist()
         infos = [pickle.loads(blob) for blob in table.column("info").to_pylist()]
         pixels = _buffers(table.column("pixels"))

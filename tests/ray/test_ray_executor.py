@@ -183,6 +183,20 @@ def test_sigkilled_driver_then_rerun_does_every_item_once_and_a_second_run_exits
             assert image.width == 16
 
 
+def test_a_stage_that_cannot_set_up_in_its_actor_stops_the_run_with_exit_2(ray_cluster, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (8, 8)).save(src / "a.png")
+    missing = tmp_path / "missing.pth"
+    pipe = write_pipeline(tmp_path / "p.toml", input=src, output=tmp_path / "out", run={"executor": "ray"},
+                          stages=[{"use": "colorize", "weights": str(missing)}])
+    result = CliRunner().invoke(cli, ["run", str(pipe)])
+    assert result.exit_code == 2, result.output
+    assert f"weights file {missing} does not exist" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
 def test_the_plan_goes_out_in_windows_taken_lazily():
     from imgflow.executors.ray import windows
 
