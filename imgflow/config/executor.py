@@ -7,13 +7,11 @@ pipeline on a machine without Ray installed.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imgflow.errors import Problem
-
-EXECUTORS = ("local", "ray")
 
 
 class RaySection(BaseModel):
@@ -29,7 +27,8 @@ class RaySection(BaseModel):
     min_actors: int = Field(1, ge=1, le=10_000, description="Stage actors kept running (weights load once per actor).")
     max_actors: int | None = Field(
         None, ge=1, le=10_000, description="Stage actors Ray may scale up to (default: min_actors).")
-    decode_actors: int = Field(1, ge=1, le=10_000, description="Decode actors, each with its own decode worker processes.")
+    decode_actors: int = Field(
+        1, ge=1, le=10_000, description="Decode actors, each with its own decode worker processes.")
     decode_cpus: float = Field(
         1, gt=0, le=256, description="CPUs per decode actor; it runs that many decode processes (rounded up).")
     window: int = Field(

@@ -127,7 +127,9 @@ class Dispatcher:
         import warnings
 
         batch = 1 if one_at_a_time else self.batch_size
-        rows = [{"index": i, "path": os.path.abspath(w.source.path), "relpath": w.relpath}
+        # Paths travel as bytes: a file name that is not UTF-8 (kept exact, as surrogates) is
+        # not valid Arrow text. relpath is always valid text (it is the manifest key).
+        rows = [{"index": i, "path": os.fsencode(os.path.abspath(w.source.path)), "relpath": w.relpath}
                 for i, w in enumerate(window)]
         with warnings.catch_warnings():  # max_task_retries has no named parameter in map_batches yet
             warnings.simplefilter("ignore", DeprecationWarning)

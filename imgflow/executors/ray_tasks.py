@@ -2,7 +2,7 @@
 
 Rows flow through Ray Data as Arrow tables with plain columns:
 
-  dispatched  index (the driver's handle), path (absolute), relpath
+  dispatched  index (the driver's handle), path (absolute, as bytes), relpath
   decoded     index, relpath, info (pickled :class:`DecodeInfo`), pixels (raw bytes; empty on failure)
   outcome     index, outcome (pickled :class:`Outcome`)
 
@@ -84,7 +84,7 @@ class DecodeActor:
         self.pool = DecodePool(workers=workers, limits=limits, timeout_s=timeout_s)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        tasks = [(int(index), str(path)) for index, path in zip(batch["index"], batch["path"])]
+        tasks = [(int(index), os.fsdecode(bytes(path))) for index, path in zip(batch["index"], batch["path"])]
         decoded = {key: (outcome, seconds) for key, outcome, seconds in self.pool.imap_unordered(tasks)}
         infos, pixels = [], []
         for index, _path in tasks:

@@ -31,6 +31,7 @@ from tests.ray.crash_stage import CrashPlugin
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ROOT / "examples" / "photos"
 IMGFLOW = str(Path(sys.executable).with_name("imgflow"))
+N_KILL = 12  # inputs of the SIGKILL test, decoded at 0.5 s each: the driver is killed mid-run
 
 
 def make_inputs(folder: Path, size: int = 48) -> list[str]:
@@ -93,6 +94,7 @@ def test_same_bytes_and_manifest_as_local_and_bad_files_fail_alone(ray_cluster, 
     names = make_inputs(src)
     shutil.copy(src / names[0], src / "crashdec.jpg")  # its decoder segfaults (the pool's test hook)
     shutil.copy(src / names[2], src / "stagecrash.png")  # its stage actor segfaults, twice
+    shutil.copy(src / names[0], os.path.join(os.fsencode(src), b"caf\xe9.jpg"))  # a name that is not UTF-8
     monkeypatch.setenv("IMGFLOW_TEST_CRASH_ON", "segv:crashdec")  # reaches Ray's workers: forwarded
     weights = generated_weights(tmp_path / "siggraph17.pth")
     stages = [
@@ -111,9 +113,9 @@ def test_same_bytes_and_manifest_as_local_and_bad_files_fail_alone(ray_cluster, 
     on_ray = write_pipeline(tmp_path / "ray.toml", input=src, output=tmp_path / "ray",
                             **{**common, "run": {**common["run"], "executor": "ray"}})
 
-    assert run(local).counts == {"done": 4, "failed": 2, "skipped": 0}
+    assert run(local).counts == {"done": 5, "failed": 2, "skipped": 0}
     result = run(on_ray)
-    assert result.counts == {"done": 4, "failed": 3, "skipped": 0}, result.failures
+    assert result.counts == {"done": 5, "failed": 3, "skipped": 0}, result.failures
     assert result.exit_code == 1
 
     ray_records, local_records = manifest(tmp_path / "ray"), manifest(tmp_path / "local")
@@ -124,7 +126,7 @@ def test_same_bytes_and_manifest_as_local_and_bad_files_fail_alone(ray_cluster, 
     del ray_records["stagecrash.png"]
     assert {k: comparable(r) for k, r in ray_records.items()} == {k: comparable(r) for k, r in local_records.items()}
     assert files(tmp_path / "ray") == files(tmp_path / "local")  # byte-identical outputs
-    assert len(files(tmp_path / "ray")) == 4 * 2  # two augmented, colorized variants per done input
+    assert len(files(tmp_path / "ray")) == 5 * 2  # two augmented, colorized variants per done input
     assert not [p for p in (tmp_path / "ray").rglob(f"*{TEMP_MARKER}*")]
 
     # A rerun selects on the driver: nothing to do, so Ray is not even asked for.
@@ -132,7 +134,7 @@ def test_same_bytes_and_manifest_as_local_and_bad_files_fail_alone(ray_cluster, 
 
     monkeypatch.setattr(ray_cluster, "ray_session", lambda settings: pytest.fail("Ray started on a rerun"))
     rerun = run(on_ray)
-    assert rerun.counts == {"done": 0, "failed": 0, "skipped": 7}
+    assert rerun.counts == {"done": 0, "failed": 0, "skipped": 8}
     assert rerun.exit_code == 0
 
 
@@ -148,8 +150,8 @@ def _kill_when_outputs(proc: subprocess.Popen, out: Path, at_least: int, deadlin
 def test_sigkilled_driver_then_rerun_does_every_item_once_and_a_second_run_exits_75(ray_cluster, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    for k in range(8):
-        Image.new("RGB", (24 + k, 20), (k * 30, 90, 160)).save(src / f"img{k}.png")
+    for k in range(N_KILL):
+        Image.new("RGB", (24 + k, 20), (k * 20, 90, 160)).save(src / f"img{k:02d}.png")
     out = tmp_path / "out"
     pipe = write_pipeline(tmp_path / "p.toml", input=src, output=out, out={"format": "png"},
                           run={"executor": "ray", "batch_size": 2, "workers": 1},
@@ -171,14 +173,15 @@ def test_sigkilled_driver_then_rerun_does_every_item_once_and_a_second_run_exits
 
     result = run(pipe)
     records = manifest(out)
-    assert sorted(records) == [f"img{k}.png" for k in range(8)]
+    names = [f"img{k:02d}.png" for k in range(N_KILL)]
+    assert sorted(records) == names
     assert all(r["status"] == "done" for r in records.values())
     assert result.counts["failed"] == 0
-    assert result.counts["done"] + result.counts["skipped"] == 8  # each item done by exactly one run
-    assert sorted(p.name for p in out.glob("*.png")) == [f"img{k}.png" for k in range(8)]
+    assert result.counts["done"] + result.counts["skipped"] == N_KILL  # each item done by exactly one run
+    assert sorted(p.name for p in out.glob("*.png")) == names
     assert not [p for p in out.rglob(f"*{TEMP_MARKER}*")]  # the killed run's temp files were swept
-    for k in range(8):  # complete files under every final name
-        with Image.open(out / f"img{k}.png") as image:
+    for name in names:  # complete files under every final name
+        with Image.open(out / name) as image:
             image.load()
             assert image.width == 16
 
