@@ -54,7 +54,7 @@ def ray_session(settings: RaySection) -> Iterator[Any]:
     owned = not ray.is_initialized()
     if owned:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": "WARNING"}
+                                  "logging_level": "ERROR"}
         if settings.address is not None:
             kwargs["address"] = settings.address
         elif settings.object_store_mb is not None:
@@ -77,9 +77,9 @@ def ray_session(settings: RaySection) -> Iterator[Any]:
 def quiet_ray_data() -> None:
     """No progress bars, INFO lines or block tracebacks from Ray Data on the driver's stderr.
 
-    A cron run's mail stays one summary line. Every per-file failure is in the manifest, and the
-    executor says when it retries inputs a dead worker took with it; Ray keeps its own logs in
-    its session folder (/tmp/ray/session_latest/logs).
+    A cron run's mail stays short (Ray's core may still print a line of its own). Every per-file
+    failure is in the manifest, and the executor says when it retries inputs a dead worker took
+    with it; Ray keeps its own logs in its session folder (/tmp/ray/session_latest/logs).
     """
     import logging
 
