@@ -188,7 +188,7 @@ def _execute(pipeline: Pipeline, store: StateStore, fingerprint: str, chain: Sta
     counter = WorkCounter.start(pipeline, store, fingerprint, options, recorder) \
         if Progress.wanted(options.progress) else None
     try:
-        get_executor("local").execute(job)
+        get_executor(pipeline.run.executor).execute(job)
     finally:
         if counter is not None:
             counter.stop()
@@ -232,7 +232,7 @@ def _export(pipeline: Pipeline, stages: list[Stage], store: StateStore) -> None:
 def _options_doc(pipeline: Pipeline, options: RunOptions) -> dict[str, Any]:
     run = pipeline.run
     return {"argv": options.argv, "force": options.force, "retry_failed": options.retry_failed,
-            "device": run.device, "batch_size": run.batch_size, "workers": run.workers,
+            "device": run.device, "batch_size": run.batch_size, "workers": run.workers, "executor": run.executor,
             "overrides": pipeline.overrides}
 
 

@@ -109,6 +109,8 @@ def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", metavar="DEV", help="Override [run] device: auto, cpu, cuda, cuda:N."),
         click.option("--batch-size", "-b", type=int, metavar="N", help="Override [run] batch_size."),
         click.option("--workers", "-w", type=int, metavar="N", help="Override [run] workers."),
+        click.option("--executor", type=click.Choice(["local", "ray"]),
+                     help="Override [run] executor: this machine, or a Ray cluster ([run.ray])."),
         click.option("--param", "-p", "params", multiple=True, metavar="STAGE.KEY=VALUE",
                      help="Override a stage parameter (STAGE is its id or use); repeatable. "
                           "VALUE is TOML: 512, true, [200, 200], \"text\"."),
@@ -119,12 +121,13 @@ def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_pipeline_with_options(pipeline: Path, input_path: str | None, output_path: str | None, device: str | None,
-          batch_size: int | None, workers: int | None, params: tuple[str, ...]) -> Any:
+          batch_size: int | None, workers: int | None, params: tuple[str, ...],
+          executor: str | None = None) -> Any:
     from imgflow.config import Overrides, load_pipeline
 
     warn_plugin_failures()
     overrides = Overrides(input=input_path, output=output_path, device=device, batch_size=batch_size,
-                          workers=workers, params=list(params))
+                          workers=workers, executor=executor, params=list(params))
     return load_pipeline(pipeline, overrides)
 
 

@@ -23,7 +23,7 @@ from imgflow.cli.app import cli, handle_errors, load_pipeline_with_options, pipe
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
 @handle_errors
 def run(pipeline: Path, input_path: str | None, output_path: str | None, device: str | None,
-        batch_size: int | None, workers: int | None, params: tuple[str, ...], force: bool,
+        batch_size: int | None, workers: int | None, executor: str | None, params: tuple[str, ...], force: bool,
         retry_failed: bool, wait: bool, wait_timeout: float | None, progress: bool | None,
         quiet: bool, dry_run: bool, as_json: bool) -> None:
     """Run PIPELINE over its input folder, skipping items already done.
@@ -39,6 +39,7 @@ def run(pipeline: Path, input_path: str | None, output_path: str | None, device:
       imgflow run nightly.toml --dry-run       # what would run, and why
       imgflow run nightly.toml --wait          # from cron: queue behind a running job
       imgflow run nightly.toml --retry-failed  # only redo what failed
+      imgflow run nightly.toml --executor ray  # on a Ray cluster ([run.ray])
     """
     from imgflow.cli.reporting import emit_json, fail_as_json
     from imgflow.engine.results import RunOptions
@@ -50,7 +51,8 @@ def run(pipeline: Path, input_path: str | None, output_path: str | None, device:
     options = RunOptions(force=force, retry_failed=retry_failed, wait=wait, wait_timeout_s=wait_timeout,
                          progress=False if as_json and progress is None else progress, argv=sys.argv[1:])
     try:
-        pipe = load_pipeline_with_options(pipeline, input_path, output_path, device, batch_size, workers, params)
+        pipe = load_pipeline_with_options(pipeline, input_path, output_path, device, batch_size, workers, params,
+                                          executor)
         if dry_run:
             from imgflow.engine.preview import preview
 
@@ -83,7 +85,7 @@ def run(pipeline: Path, input_path: str | None, output_path: str | None, device:
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or every problem) as JSON on stdout.")
 @handle_errors
 def validate(pipeline: Path, input_path: str | None, output_path: str | None, device: str | None,
-             batch_size: int | None, workers: int | None, params: tuple[str, ...], as_json: bool) -> None:
+             batch_size: int | None, workers: int | None, executor: str | None, params: tuple[str, ...], as_json: bool) -> None:
     """Check PIPELINE and report every problem at once, without loading any weights.
 
     Also checks that the files stages name exist (weights, style images, labels) and warns
@@ -98,7 +100,8 @@ def validate(pipeline: Path, input_path: str | None, output_path: str | None, de
     from imgflow.errors import ImgflowError
 
     try:
-        pipe = load_pipeline_with_options(pipeline, input_path, output_path, device, batch_size, workers, params)
+        pipe = load_pipeline_with_options(pipeline, input_path, output_path, device, batch_size, workers, params,
+                                          executor)
     except ImgflowError as exc:
         if not as_json:
             raise

@@ -1,4 +1,4 @@
-"""Command-line overrides (``-i``, ``-o``, ``--device``, ``-b``, ``-w``, ``-p STAGE.KEY=VALUE``).
+"""Command-line overrides (``-i``, ``-o``, ``--device``, ``-b``, ``-w``, ``--executor``, ``-p STAGE.KEY=VALUE``).
 
 They are written into the raw TOML data *before* validation, so an override that is wrong is
 reported exactly like a wrong key in the file.
@@ -24,6 +24,7 @@ class Overrides:
     device: str | None = None
     batch_size: int | None = None
     workers: int | None = None
+    executor: str | None = None
     params: list[str] = field(default_factory=list)  # "STAGE.KEY=VALUE"
     values: dict[str, Any] = field(default_factory=dict)  # "STAGE.KEY" -> a Python value (the Python API)
 
@@ -84,7 +85,8 @@ def apply_overrides(data: dict[str, Any], ov: Overrides, problems: list[Problem]
             data["input"]["include"] = include
     if ov.output is not None:
         data.setdefault("output", {})["path"] = str((cwd / ov.output).resolve())
-    for key, value in (("device", ov.device), ("batch_size", ov.batch_size), ("workers", ov.workers)):
+    for key, value in (("device", ov.device), ("batch_size", ov.batch_size), ("workers", ov.workers),
+                       ("executor", ov.executor)):
         if value is not None:
             data.setdefault("run", {})[key] = value
     stages = data.get("stages") if isinstance(data.get("stages"), list) else []

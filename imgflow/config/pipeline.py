@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgflow.config.executor import executor_problems
 from imgflow.config.overrides import Overrides, apply_overrides
 from imgflow.config.preflight import preflight
 from imgflow.config.sections import InputSection, OutputSection, PipelineSection, RunSection
@@ -94,6 +95,7 @@ def load_pipeline(path: str | Path, overrides: Overrides | None = None, check_pa
         data = apply_overrides(data, overrides, problems)
     parsed = check_sections(where, data, problems)
     stages = check_stages(where, data, problems)
+    problems.extend(executor_problems(where, parsed.get("run"), stages))
     in_path, out_path = resolve_paths(where, data, parsed.get("input"), parsed.get("output"),
                                      source.parent, problems) if check_paths else (None, None)
     if problems:

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from imgflow.config.executor import RaySection
 from imgflow.io.naming import DEFAULT_TEMPLATE
 from imgflow.io.source import DEFAULT_INCLUDE
 from imgflow.scalars import ScalarRules
@@ -86,6 +87,9 @@ class RunSection(_Section):
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
     checkpoint_every: int = Field(
         200, ge=0, description="Training runs: checkpoint every this many steps, besides every epoch end (0: epoch ends only).")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where the run executes: this machine, or a Ray cluster ([run.ray]).")
+    ray: RaySection = Field(default_factory=RaySection, description="[run.ray]: the Ray executor's settings.")
 
 
 SECTION_MODELS: dict[str, type[_Section]] = {

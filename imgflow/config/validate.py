@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from imgflow.config.executor import RaySection
 from imgflow.config.sections import DEFAULT_NAMING, DEVICE_RE, SECTION_MODELS, TOP_LEVEL_KEYS, InputSection, OutputSection
 from imgflow.config.spec import StageSpec
 from imgflow.display import SHOWN_PROBLEMS
@@ -24,6 +25,7 @@ from imgflow.io.source import validate_glob
 from imgflow.stage import StageContext
 
 STAGE_ID_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
+NESTED_SECTIONS: dict[str, dict[str, type]] = {"run": {"ray": RaySection}}
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -189,7 +191,8 @@ def check_sections(where: str, data: dict, problems: list[Problem]) -> dict[str,
             problems.append(Problem(f"{where} [{name}]", "section is missing",
                                     f"add [{name}] with path = \"...\""))
             continue
-        section = validate_model(f"{where} [{name}]", model, raw, problems,
+        nested = _nested_sections(where, name, raw, problems)
+        section = validate_model(f"{where} [{name}]", model, {**raw, **nested}, problems,
                                  f"see the README's pipeline file section for [{name}]")
         if section is not None:
             parsed[name] = section
@@ -215,6 +218,25 @@ def check_sections(where: str, data: dict, problems: list[Problem]) -> dict[str,
     if out is not None:
         problems.extend(_check_naming(where, out.naming))
     return parsed
+
+
+def _nested_sections(where: str, name: str, raw: dict, problems: list[Problem]) -> dict[str, Any]:
+    """Sub-tables such as ``[run.ray]``, validated on their own so problems name the sub-table."""
+    checked: dict[str, Any] = {}
+    for key, model in NESTED_SECTIONS.get(name, {}).items():
+        if key not in raw:
+            continue
+        label = f"{where} [{name}.{key}]"
+        if not isinstance(raw[key], dict):
+            problems.append(Problem(label, f"expected a table, got {raw[key]!r}", f"write [{name}.{key}] as a section"))
+        else:
+            section = validate_model(label, model, raw[key], problems,
+                                     f"see the README's section for [{name}.{key}]")
+            if section is not None:
+                checked[key] = section
+                continue
+        checked[key] = model()  # reported above; keep validating the rest of the section
+    return checked
 
 
 def _check_naming(where: str, template: str) -> list[Problem]:

@@ -114,31 +114,78 @@ def atomic_write(root: Path, relpath: str, data: bytes, *, replace: bool = True)
     With ``replace=False`` the file is linked into place, which fails atomically when the name
     exists (``ItemError("output_exists")``) even if another process races us. Any OS error is
     ``ItemError("write_error")`` naming the path, and the temp file is removed.
+
+    It is :func:`stage_file` then :func:`commit_file`; the Ray executor runs the two halves in
+    different processes (workers stage, the driver commits).
+    """
+    target = safe_target(root, relpath)
+    if not replace and os.path.lexists(target):
+        raise _exists_error(target)
+    return commit_file(stage_file(root, relpath, data), target, replace=replace)
+
+
+def stage_file(root: Path, relpath: str, data: bytes) -> str:
+    """Write ``data`` to a fsynced hidden temp file beside ``root/relpath``; return its path.
+
+    Nothing appears under the final name; a run killed now leaves only the temp file, which
+    :func:`sweep_temp_files` removes on the next run. Errors are ``ItemError("write_error")``.
     """
     target = safe_target(root, relpath)
     folder, name = os.path.split(os.fspath(target))
-    if not replace and os.path.lexists(target):
-        raise _exists_error(target)
     temp = os.path.join(folder, _temp_name(name))
     try:
         _write_synced(temp, data)
+    except BaseException as exc:
+        _remove_quietly(temp)
+        if isinstance(exc, OSError):
+            raise _write_error(target, exc) from exc
+        raise
+    return temp
+
+
+def commit_file(temp: str, target: Path, *, replace: bool, sync: bool = True) -> Path:
+    """Rename a staged temp file to ``target`` (its own folder) and fsync the folder.
+
+    ``replace=False`` links instead, failing with ``output_exists`` when the name is taken. The
+    temp file is removed whatever happens. ``sync=False`` leaves the folder's fsync to the
+    caller (:func:`sync_folder`), who can then persist many renames in one folder at once.
+    """
+    folder = os.path.dirname(os.fspath(target))
+    try:
         if replace:
             os.replace(temp, target)
         else:
             _link_into_place(temp, os.fspath(target))
-        _fsync_folder(folder)
+        if sync:
+            _fsync_folder(folder)
     except BaseException as exc:
         _remove_quietly(temp)
-        if isinstance(exc, ItemError):
-            raise
         if isinstance(exc, OSError):
-            raise ItemError(
-                "write_error",
-                f"{target}: cannot write ({_os_reason(exc)}) "
-                "(fix: check that the output folder is writable and the disk has space)",
-            ) from exc
+            raise _write_error(target, exc) from exc
         raise
     return target
+
+
+def sync_folder(folder: Path) -> None:
+    """Persist the renames done in ``folder``; an OS error is ``ItemError("write_error")``."""
+    try:
+        _fsync_folder(os.fspath(folder))
+    except OSError as exc:
+        raise _write_error(folder, exc) from exc
+
+
+def discard_file(temp: str) -> None:
+    """Remove a staged temp file that will not be committed."""
+    _remove_quietly(temp)
+
+
+def _write_error(target: Path, exc: OSError) -> ItemError:
+    """An OS error while writing ``target``, as ``ItemError("write_error")`` naming the path."""
+    return ItemError(
+        "write_error",
+        f"{target}: cannot write ({_os_reason(exc)}) "
+        "(fix: check that the output folder is writable and the disk has space)",
+    )
 
 
 def _temp_name(name: str) -> str:
