@@ -22,7 +22,7 @@ from PIL import Image
 from imgflow.cli import cli
 from imgflow.config import load_pipeline
 from imgflow.engine.results import RunOptions
-from imgflow.engine.run import run_pipeline
+from imgflow.run import run_pipeline
 from imgflow.io.atomic import TEMP_MARKER
 from imgflow.state import OutputLock
 from tests.helpers import toml_value, write_pipeline
@@ -113,9 +113,9 @@ def test_same_bytes_and_manifest_as_local_and_bad_files_fail_alone(ray_cluster, 
     on_ray = write_pipeline(tmp_path / "ray.toml", input=src, output=tmp_path / "ray",
                             **{**common, "run": {**common["run"], "executor": "ray"}})
 
-    assert run(local).counts == {"done": 5, "failed": 2, "skipped": 0}
+    assert run(local).counts == {"done": 5, "failed": 2, "skipped": 0, "failed_before": 0}
     result = run(on_ray)
-    assert result.counts == {"done": 5, "failed": 3, "skipped": 0}, result.failures
+    assert result.counts == {"done": 5, "failed": 3, "skipped": 0, "failed_before": 0}, result.failures
     assert result.exit_code == 1
 
     ray_records, local_records = manifest(tmp_path / "ray"), manifest(tmp_path / "local")
@@ -134,8 +134,8 @@ def test_same_bytes_and_manifest_as_local_and_bad_files_fail_alone(ray_cluster, 
 
     monkeypatch.setattr(ray_cluster, "ray_session", lambda settings: pytest.fail("Ray started on a rerun"))
     rerun = run(on_ray)
-    assert rerun.counts == {"done": 0, "failed": 0, "skipped": 8}
-    assert rerun.exit_code == 0
+    assert rerun.counts == {"done": 0, "failed": 0, "skipped": 8, "failed_before": 3}
+    assert rerun.exit_code == 1  # the 3 known failures are still failed (README: exit codes)
 
 
 def _kill_when_outputs(proc: subprocess.Popen, out: Path, at_least: int, deadline_s: float = 90) -> None:
@@ -187,15 +187,19 @@ def test_sigkilled_driver_then_rerun_does_every_item_once_and_a_second_run_exits
 
 
 def test_a_stage_that_cannot_set_up_in_its_actor_stops_the_run_with_exit_2(ray_cluster, tmp_path):
+    # The weights file exists (so validation passes) but is damaged, and the output folder has run
+    # before (so the driver does not set the stages up itself): the failure happens in the actor.
     src = tmp_path / "in"
     src.mkdir()
-    Image.new("RGB", (8, 8)).save(src / "a.png")
-    missing = tmp_path / "missing.pth"
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(b"not a checkpoint")
     pipe = write_pipeline(tmp_path / "p.toml", input=src, output=tmp_path / "out", run={"executor": "ray"},
-                          stages=[{"use": "colorize", "weights": str(missing)}])
+                          stages=[{"use": "colorize", "weights": str(damaged)}])
+    assert CliRunner().invoke(cli, ["run", str(pipe)]).exit_code == 66  # nothing to read yet
+    Image.new("RGB", (8, 8)).save(src / "a.png")
     result = CliRunner().invoke(cli, ["run", str(pipe)])
     assert result.exit_code == 2, result.output
-    assert f"weights file {missing} does not exist" in result.output
+    assert f"{damaged} is not a readable PyTorch checkpoint" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out" / "a.png").exists()
 
