@@ -23,9 +23,11 @@ def status(output: Path, as_json: bool, n_failures: int) -> None:
       imgflow status out/colorized --json
     """
     from imgflow.state import StateStore
+    from imgflow.state.liveness import settle_dead_runs
 
     with StateStore(output, readonly=True) as store:
         report = store.status_report(recent_runs=5, failures=n_failures)
+    settle_dead_runs(report.get("runs", []), output)  # a killed run shows as interrupted at once
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -39,6 +41,8 @@ def status(output: Path, as_json: bool, n_failures: int) -> None:
             c = r.get("counts") or {}
             click.echo(f"  {r.get('run_id')}  {r.get('status'):<11} exit {r.get('exit_code')}  "
                        + ", ".join(f"{v} {k}" for k, v in c.items()))
+            if r.get("message"):
+                click.echo(f"    {r['message']}")
     for t in report.get("training", []):
         last = t.get("last_epoch") or {}
         shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items()

@@ -58,6 +58,7 @@ from imgflow.state.records import (
 )
 from imgflow.state.reports import StoreReports
 from imgflow.state.schema import SCHEMA_VERSION, UPSERT_ITEM, migrate
+from imgflow.state.statedir import checked_state_dir
 
 STATE_DIR = ".imgflow"
 STATE_FILE = "state.sqlite"
@@ -95,6 +96,7 @@ class StateStore(StoreReports):
 
     def _open(self) -> sqlite3.Connection:
         """Open (and for writers create and migrate) the database, with clear errors."""
+        checked_state_dir(self.output_root)  # never a database reached through a symlink
         if self.readonly and not self.path.is_file():
             raise ConfigError(
                 f"no imgflow state in {self.output_root}: has a pipeline written here? "
