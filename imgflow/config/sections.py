@@ -10,13 +10,15 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from imgflow.io.naming import DEFAULT_TEMPLATE
 from imgflow.io.source import DEFAULT_INCLUDE
 
 DEFAULT_NAMING = DEFAULT_TEMPLATE
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+#: The smallest [run] worker_memory_mb accepted: below it a decode worker cannot even start.
+MIN_WORKER_MEMORY_MB = 256
 
 
 def _default_workers() -> int:
@@ -62,13 +64,28 @@ class RunSection(_Section):
     seed: int = Field(0, description="Seed for every random draw (per item, reproducible).")
     max_pixels: int = Field(100_000_000, ge=1, description="Refuse images with more pixels (decompression bombs).")
     max_file_mb: float = Field(512, gt=0, description="Refuse files larger than this many MiB.")
-    worker_memory_mb: int | None = Field(4096, ge=64, description="Address-space cap per decode worker.")
+    worker_memory_mb: int | None = Field(
+        4096, description=f"Address-space cap per decode worker (at least {MIN_WORKER_MEMORY_MB}).")
     decode_timeout_s: float = Field(120.0, gt=0, description="Kill a decode worker stuck this long on one file.")
     prefetch_mb: float = Field(256, gt=0, description="Decoded pixels held ahead of the stages (MiB).")
+    max_memory_mb: int | None = Field(
+        None, ge=16, description="Memory for image data across the run's processes (MiB); default: 768 "
+                                 "per CPU core, at most a quarter of the machine's memory.")
     decode_downscale: bool = Field(
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
     checkpoint_every: int = Field(
         200, ge=0, description="Training runs: checkpoint every this many steps, besides every epoch end (0: epoch ends only).")
+
+    @field_validator("worker_memory_mb")
+    @classmethod
+    def _worker_can_start(cls, value: int | None) -> int | None:
+        """A cap under what a decode worker needs before it decodes anything fails every file."""
+        if value is not None and value < MIN_WORKER_MEMORY_MB:
+            raise ValueError(
+                f"expected at least {MIN_WORKER_MEMORY_MB}, got {value}: a decode worker uses about 200 MB "
+                "of address space before it decodes anything, so no image could be decoded (fix: set "
+                "worker_memory_mb to 1024 or more for large images, or remove it for the default 4096)")
+        return value
 
 
 SECTION_MODELS: dict[str, type[_Section]] = {

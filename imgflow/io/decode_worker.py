@@ -6,7 +6,9 @@ privileges to what decoding hostile files needs: Ctrl-C is the parent's, no core
 address-space cap (``[run] worker_memory_mb``) so a bomb raises MemoryError rather than waking the
 OOM killer.
 
-Protocol, per task ``(task_id, path)`` received on the worker's pipe: a reply tuple
+Protocol. The worker's first message says whether it can decode at all under its memory cap:
+``("ready",)``, or ``("unfit", address_space_mb, detail)`` and it exits. Then, per task
+``(task_id, path)`` received on the worker's pipe: a reply tuple
 ``("err", task_id, seconds, ItemError)``, or ``("ok", task_id, seconds, shape, dtype, meta,
 digest, payload)`` where ``payload`` is None when the pixels follow as a memory-file descriptor
 (:mod:`imgflow.io.pixel_ipc`), else their bytes.
@@ -25,6 +27,7 @@ never consults it. No input file, pipeline key or CLI option can reach it.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -32,18 +35,20 @@ from multiprocessing.connection import Connection
 
 from imgflow.errors import ItemError
 from imgflow.io import pixel_ipc
-from imgflow.io.decode import DecodeLimits, apply_memory_cap, decode_file
+from imgflow.io.decode import DecodeLimits, apply_memory_cap, decode_bytes, decode_file
 
 #: Test-only hook, see the module docstring.
 ENV_TEST_CRASH_ON = "IMGFLOW_TEST_CRASH_ON"
 
 
 def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, name: str) -> None:
-    """Decode tasks from ``conn`` until told to stop or the parent goes away."""
+    """Say whether this worker can decode under its memory cap, then decode tasks from ``conn``
+    until told to stop or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _no_core_dumps()
     _quiet_stderr()
-    apply_memory_cap(limits)
+    if not _report_fitness(conn, limits, name):
+        return
     hooks = _parse_crash_hooks(crash_on)
     while True:
         try:
@@ -99,6 +104,61 @@ def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str) -> tu
             "(fix: check free memory)",
         )
         return ("err", task_id, time.perf_counter() - start, error), None
+
+
+def _report_fitness(conn: Connection, limits: DecodeLimits, name: str) -> bool:
+    """Apply the memory cap, decode a tiny image under it, and tell the parent how that went.
+
+    The first message a worker sends is ``("ready",)`` or ``("unfit", address_space_mb, detail)``.
+    A cap below what the worker already uses would otherwise fail every file as ``memory_limit``
+    or ``decoder_crash`` ("probably corrupt"), when it is the configuration that is wrong.
+    """
+    in_use_mb = _address_space_mb()
+    probe = _probe_image()
+    detail = None
+    try:
+        apply_memory_cap(limits)
+        pixels = decode_bytes(probe, limits, source="(start-up probe)").pixels
+        payload = pixel_ipc.export(pixels, name)
+        if isinstance(payload, int):
+            os.close(payload)
+    except MemoryError:
+        detail = "it ran out of memory decoding a 16x16 test image"
+    except OSError as exc:
+        detail = ("it ran out of memory handing back a 16x16 test image" if exc.errno == errno.ENOMEM
+                  else f"handing back a 16x16 test image failed: {exc}")
+    except ItemError as exc:
+        detail = f"decoding a 16x16 test image failed: {exc.message}"
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the parent must hear of it
+        detail = f"decoding a 16x16 test image failed: {type(exc).__name__}: {exc}"
+    try:
+        conn.send(("ready",) if detail is None else ("unfit", in_use_mb, detail))
+    except (OSError, MemoryError):
+        return False
+    return detail is None
+
+
+def _probe_image() -> bytes:
+    """A 16x16 RGB PNG, made before the cap applies."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 64, 32)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _address_space_mb() -> int | None:
+    """This process's address space in use (VmSize), in MiB; None where /proc is absent."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmSize:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _quiet_stderr() -> None:

@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from imgflow.errors import ItemError
+from imgflow.errors import ConfigError, ImgflowError, ItemError
 from imgflow.io import pixel_ipc
 from imgflow.io.decode import DecodeLimits, Decoded
 from imgflow.io.decode_worker import ENV_TEST_CRASH_ON, worker_main
@@ -122,8 +122,14 @@ class DecodePool:
         self._pool: list[_Worker] = []
         self._streaming = False
         self._closed = False
-        for _ in range(workers):
-            self._pool.append(self._start_worker())
+        try:
+            for _ in range(workers):
+                self._pool.append(self._start_worker(ready=False))
+            for worker in self._pool:  # started together, then checked: start-ups overlap
+                self._await_ready(worker)
+        except BaseException:
+            self.close()
+            raise
 
     # ----------------------------------------------------------------- public
 
@@ -412,8 +418,11 @@ class DecodePool:
 
     # ----------------------------------------------------------------- processes
 
-    def _start_worker(self) -> _Worker:
-        """Start one worker with its own pipe; the test hook is copied in from our environment."""
+    def _start_worker(self, ready: bool = True) -> _Worker:
+        """Start one worker with its own pipe; the test hook is copied in from our environment.
+
+        With ``ready`` (the default), wait until it says it can decode (:meth:`_await_ready`).
+        """
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=worker_main,
@@ -423,7 +432,32 @@ class DecodePool:
         )
         process.start()
         child_end.close()  # so the parent sees EOF when the worker dies
-        return _Worker(process=process, conn=parent_end)
+        worker = _Worker(process=process, conn=parent_end)
+        if ready:
+            self._await_ready(worker)
+        return worker
+
+    def _await_ready(self, worker: _Worker) -> None:
+        """Read the worker's first message; one that cannot decode under the memory cap (or dies
+        starting) is a configuration error, raised before any file is charged with it."""
+        limit_s = max(60.0, self.timeout_s)
+        hello: Any = None
+        try:
+            if worker.conn.poll(limit_s):
+                hello = worker.conn.recv()
+        except (EOFError, OSError):
+            hello = None
+        if hello == ("ready",):
+            return
+        self._kill(worker)
+        worker.dead = True
+        if isinstance(hello, tuple) and hello and hello[0] == "unfit":
+            in_use, detail = hello[1], hello[2]
+        else:
+            in_use = None
+            detail = (f"it {_describe_exit(worker.process.exitcode)} as it started" if worker.process.exitcode
+                      is not None else f"it did not start within {limit_s:g} s")
+        raise _unfit_error(self.limits.memory_mb, in_use, detail)
 
     def _kill(self, worker: _Worker) -> None:
         """Make sure the worker process is gone and reaped."""
@@ -440,6 +474,18 @@ class DecodePool:
             worker.process.close()
         except ValueError:  # pragma: no cover - still running after kill + join
             pass
+
+
+def _unfit_error(cap_mb: int | None, in_use_mb: int | None, detail: str) -> ImgflowError:
+    """The configuration error for a decode worker that cannot work (see ``_await_ready``)."""
+    if cap_mb is None:
+        return ImgflowError(f"a decode worker could not start: {detail} (fix: check free memory and "
+                            "process limits; rerun with IMGFLOW_DEBUG=1 for details)")
+    uses = f" (a worker uses {in_use_mb} MB of address space before it decodes anything)" if in_use_mb else ""
+    floor = max(1024, -(-((in_use_mb or 200) + 256) // 256) * 256)
+    return ConfigError(f"[run] worker_memory_mb = {cap_mb} is too low for a decode worker: {detail}{uses}, "
+                       f"so no image could be decoded (fix: raise worker_memory_mb to {floor} or more, "
+                       "or remove it for the default 4096)")
 
 
 def _describe_exit(exitcode: int | None) -> str:

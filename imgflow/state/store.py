@@ -203,16 +203,16 @@ class StateStore(StoreReports):
         with self._lock:
             row = self._pending.get(key)
             if row is not None:
-                return PriorItem(row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
+                return PriorItem(row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7], row[12])
             found = self._conn.execute(
-                "SELECT size, mtime_ns, content_hash, fingerprint, status, outputs "
+                "SELECT size, mtime_ns, content_hash, fingerprint, status, outputs, error_code, run_id "
                 "FROM items WHERE relpath = ?",
                 (key,),
             ).fetchone()
         if found is None:
             return None
-        size, mtime_ns, content_hash, fingerprint, status, outputs = found
-        return PriorItem(size, mtime_ns, content_hash, fingerprint, status, loads(outputs, []))
+        size, mtime_ns, content_hash, fingerprint, status, outputs, error_code, run_id = found
+        return PriorItem(size, mtime_ns, content_hash, fingerprint, status, loads(outputs, []), error_code, run_id)
 
     def output_owner(self, relpath: str) -> str | None:
         """The input whose recorded outputs include ``relpath`` (None if no input claims it)."""
