@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
-#: Default budget per CPU core: a 100-megapixel image (the max_pixels default) decodes within it.
-PER_CORE_MB = 768
-MIN_DEFAULT_MB = 256
+#: The default budget: this much per CPU core, at least FLOOR_MB (a 100-megapixel image, the
+#: max_pixels default, decodes in about 1 GB), and never over a quarter of the machine's memory.
+PER_CORE_MB = 640
+FLOOR_MB = 1024
 
 
 def machine_memory_bytes() -> int | None:
@@ -59,26 +61,49 @@ def machine_memory_bytes() -> int | None:
 
 
 def default_max_memory_mb() -> int:
-    """768 MiB per CPU core, at most a quarter of the machine's memory, at least 256 MiB.
+    """640 MiB per CPU core, at least 1 GiB, but never more than a quarter of the machine's memory.
 
-    Pixels in flight are needed in proportion to the cores that decode and process them; a
-    quarter of the memory leaves the rest to the processes themselves, the page cache and the
-    other programs of the machine.
+    Pixels in flight are needed in proportion to the cores that decode and process them; 1 GiB
+    lets a 100-megapixel image (the ``max_pixels`` default) through a stage that works on 8-bit
+    pixels; a quarter of the memory leaves the rest to the processes themselves (Python, torch,
+    weights: about 0.7 GB for a light pipeline), the page cache and the machine's other programs.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    budget = PER_CORE_MB * max(1, cores)
+    budget = max(FLOOR_MB, PER_CORE_MB * max(1, cores))
     total = machine_memory_bytes()
     if total:
         budget = min(budget, total // 4 // MIB)
-    return max(MIN_DEFAULT_MB, int(budget))
+    return max(64, int(budget))
 
 
 def budget_mb(configured: int | None) -> int:
     """``[run] max_memory_mb`` as a run uses it: the configured value, else the machine's default."""
     return int(configured) if configured else default_max_memory_mb()
+
+
+@dataclass(frozen=True)
+class ImageShape:
+    """What a decoded image will be: height, width, channels (3, or 4 with alpha), bytes per channel."""
+
+    height: int
+    width: int
+    channels: int
+    itemsize: int  # 1 for 8-bit pixels, 2 for 16-bit
+
+    @property
+    def nbytes(self) -> int:
+        return self.height * self.width * self.channels * self.itemsize
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """What a decode worker tells the parent from a file's header, before decoding its pixels."""
+
+    shape: ImageShape  # the decoded image, upright
+    worker_bytes: int  # the worker's own peak while decoding and handing the pixels back
 
 
 class MemoryBudget:
@@ -95,7 +120,6 @@ class MemoryBudget:
         self.peak = 0  # the most ever reserved at once (for the run summary and the tests)
         self.starved = False  # set by the pool while a request waits for memory
         self._lock = threading.Lock()
-        self._listeners: list[int] = []  # pipe ends written to on every release (wake the pool)
 
     @classmethod
     def from_mb(cls, megabytes: int) -> MemoryBudget:
@@ -115,20 +139,9 @@ class MemoryBudget:
             self.peak = max(self.peak, self.held)
         return Reservation(self, nbytes)
 
-    def wake_on_release(self, fd: int) -> None:
-        """Write a byte to ``fd`` whenever memory is released (the pool waits on its other end)."""
-        with self._lock:
-            self._listeners.append(fd)
-
     def _give_back(self, nbytes: int) -> None:
         with self._lock:
             self.held -= nbytes
-            listeners = list(self._listeners)
-        for fd in listeners:
-            try:
-                os.write(fd, b"\0")
-            except (BlockingIOError, OSError):  # a full pipe already says "wake up"
-                pass
 
     def _take_more(self, nbytes: int) -> None:
         """Grow a reservation without waiting (a decoded image a little larger than estimated)."""

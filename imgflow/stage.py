@@ -102,6 +102,11 @@ class Stage:
                    validation batches of a training run (augmentation is for training only)
       needs_grad   True when ``process()`` itself optimises (style by optimisation): the engine
                    then runs it with autograd on instead of under ``torch.inference_mode()``
+      works_on_uint8  True when ``process()`` handles items that hold 8-bit pixels
+                   (``item.uint8``, see :class:`imgflow.batch.Item`) without reading
+                   ``item.image``: no float32 copy is made for it (flips, crops, resize)
+      working_copies  extra images the size of its output the stage holds at its peak, for the
+                   run's memory budget (default 2; see :meth:`output_shape`)
       Params       the parameter model (a :class:`Params` subclass)
     """
 
@@ -116,6 +121,8 @@ class Stage:
     fans_out: ClassVar[bool] = False
     train_only: ClassVar[bool] = False
     needs_grad: ClassVar[bool] = False
+    works_on_uint8: ClassVar[bool] = False
+    working_copies: ClassVar[float] = 2.0
     Params: ClassVar[type[Params]] = Params
 
     def __init__(self, params: Params, context: StageContext) -> None:
@@ -209,6 +216,16 @@ class Stage:
         followed by the stage's own resampling; ``[run] decode_downscale = false`` turns it off.
         """
         return None
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(height, width, count) of the images this stage returns for one input of that size.
+
+        Only used to estimate an item's memory before it is decoded (the run's memory budget,
+        :mod:`imgflow.memory`). The default, the same size once, is right for most stages; a
+        stage that shrinks (resize, crops) or fans out (``augment``) says so, and its items then
+        reserve less, or more.
+        """
+        return height, width, 1
 
     def fingerprint(self) -> dict[str, Any]:
         """Extra facts that change outputs beyond the parameters, e.g. weight file hashes.

@@ -69,8 +69,8 @@ class RunSection(_Section):
     decode_timeout_s: float = Field(120.0, gt=0, description="Kill a decode worker stuck this long on one file.")
     prefetch_mb: float = Field(256, gt=0, description="Decoded pixels held ahead of the stages (MiB).")
     max_memory_mb: int | None = Field(
-        None, ge=16, description="Memory for image data across the run's processes (MiB); default: 768 "
-                                 "per CPU core, at most a quarter of the machine's memory.")
+        None, ge=16, description="Memory for image data across the run's processes (MiB); default: 640 "
+                                 "per CPU core, at least 1024, at most a quarter of the machine's memory.")
     decode_downscale: bool = Field(
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
     checkpoint_every: int = Field(

@@ -11,7 +11,10 @@ Protocol. The worker's first message says whether it can decode at all under its
 ``(task_id, path)`` received on the worker's pipe: a reply tuple
 ``("err", task_id, seconds, ItemError)``, or ``("ok", task_id, seconds, shape, dtype, meta,
 digest, payload)`` where ``payload`` is None when the pixels follow as a memory-file descriptor
-(:mod:`imgflow.io.pixel_ipc`), else their bytes.
+(:mod:`imgflow.io.pixel_ipc`), else their bytes. Under a memory budget, the worker first sends
+``("ask", task_id, DecodeCost)`` once the header is read, and decodes the pixels only after the
+parent's ``("grant", task_id)``; ``("refuse", task_id, message)`` fails the file with
+``memory_budget`` without decoding it.
 
 Test hook (test-only, never set it in production): ``IMGFLOW_TEST_CRASH_ON`` makes a worker
 misbehave on purpose when the name of the file it is about to decode contains a substring. The
@@ -29,30 +32,39 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import deque
 import signal
 import time
 from multiprocessing.connection import Connection
 
 from imgflow.errors import ItemError
 from imgflow.io import pixel_ipc
-from imgflow.io.decode import DecodeLimits, apply_memory_cap, decode_bytes, decode_file
+from imgflow.io.decode import Admit, DecodeLimits, apply_memory_cap, decode_bytes, decode_file
+from imgflow.memory import DecodeCost
 
 #: Test-only hook, see the module docstring.
 ENV_TEST_CRASH_ON = "IMGFLOW_TEST_CRASH_ON"
 
 
-def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, name: str) -> None:
+class _Shutdown(BaseException):
+    """The parent said stop (or went away) while this worker waited for memory."""
+
+
+def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, name: str,
+                asks: bool = False) -> None:
     """Say whether this worker can decode under its memory cap, then decode tasks from ``conn``
-    until told to stop or the parent goes away."""
+    until told to stop or the parent goes away. With ``asks``, ask the parent for the memory of
+    each image before decoding its pixels (the run's memory budget)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _no_core_dumps()
     _quiet_stderr()
     if not _report_fitness(conn, limits, name):
         return
     hooks = _parse_crash_hooks(crash_on)
+    backlog: deque = deque()  # tasks that arrived while this worker waited for a grant
     while True:
         try:
-            task = conn.recv()
+            task = backlog.popleft() if backlog else conn.recv()
         except (EOFError, OSError):
             return  # parent closed the pipe or died
         if task is None:
@@ -60,7 +72,11 @@ def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, na
         task_id, path = task
         if hooks:
             _misbehave(path, hooks, after_export=False)
-        reply, fd = _decode_task(task_id, path, limits, name)
+        admit = (lambda cost, t=task_id: _ask(conn, t, cost, backlog)) if asks else None
+        try:
+            reply, fd = _decode_task(task_id, path, limits, name, admit)
+        except _Shutdown:
+            return
         if hooks:
             _misbehave(path, hooks, after_export=True)
         try:
@@ -75,11 +91,35 @@ def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, na
                 os.close(fd)
 
 
-def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str) -> tuple[tuple, int | None]:
-    """Decode one file and export its pixels; never raises. Returns (reply, fd to pass or None)."""
+def _ask(conn: Connection, task_id: int, cost: DecodeCost, backlog: deque) -> None:
+    """Ask the parent for the memory this image needs; return once granted.
+
+    Sends ``("ask", task_id, cost)``; the answer is ``("grant", task_id)`` or
+    ``("refuse", task_id, message)`` (raised as ItemError ``memory_budget``). Tasks the parent
+    sends meanwhile are kept in ``backlog``, in order.
+    """
+    try:
+        conn.send(("ask", task_id, cost))
+        while True:
+            message = conn.recv()
+            if message is None:
+                raise _Shutdown
+            if message[0] == "grant" and message[1] == task_id:
+                return
+            if message[0] == "refuse" and message[1] == task_id:
+                raise ItemError("memory_budget", message[2])
+            backlog.append(message)
+    except (EOFError, OSError):
+        raise _Shutdown from None
+
+
+def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str,
+                 admit: Admit | None = None) -> tuple[tuple, int | None]:
+    """Decode one file and export its pixels; never raises (but _Shutdown). Returns (reply, fd
+    to pass or None)."""
     start = time.perf_counter()
     try:
-        decoded = decode_file(path, limits)
+        decoded = decode_file(path, limits, admit)
         pixels = decoded.pixels
         payload = pixel_ipc.export(pixels, name)
         fd = payload if isinstance(payload, int) else None
