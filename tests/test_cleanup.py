@@ -15,6 +15,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from imgflow.cli import cli
+from imgflow.errors import ConfigError
 from imgflow.state import StateStore
 from imgflow.testing import write_images
 from tests.helpers import write_pipeline
@@ -44,8 +45,11 @@ def _tree(root: int) -> list[int]:
     return tree
 
 
-def _holds_pixels(root: int) -> bool:
-    """True while some process of the run holds decoded pixels in a memory file."""
+def _holds_pixels(root: int, shm_before: set[str]) -> bool:
+    """True while a decoded block exists: a memory file in the run (or, as imgflow once made
+    them, a new named block in /dev/shm)."""
+    if any(_ours(name, [root]) for name in set(os.listdir("/dev/shm")) - shm_before):
+        return True
     for pid in _tree(root):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -62,32 +66,47 @@ def _holds_pixels(root: int) -> bool:
 
 def _done(out: Path) -> int:
     """Items the state store has committed as done (what a rerun will skip)."""
-    if not (out / ".imgflow" / "state.sqlite").exists():
+    try:
+        with StateStore(out, readonly=True) as store:
+            return store.status_report()["counts"]["done"]
+    except ConfigError:  # not created yet, or created but not yet migrated
         return 0
-    with StateStore(out, readonly=True) as store:
-        return store.status_report()["counts"]["done"]
 
 
-def _kill_mid_decode(pipe: Path, out: Path, done_at_least: int, env: dict) -> tuple[int, float]:
-    """Start a run and SIGKILL it while a decoder holds pixels, once enough items are done."""
-    started = time.monotonic()
+def _kill_mid_decode(pipe: Path, out: Path, done_at_least: int, env: dict, shm_before: set[str]) -> list[int]:
+    """Start a run and SIGKILL it while a decoder holds pixels, once enough items are done;
+    return the pids of its process tree at that moment (the run first)."""
     proc = subprocess.Popen([IMGFLOW, "run", str(pipe)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
-        if _holds_pixels(proc.pid) and (done_at_least == 0 or _done(out) >= done_at_least):
+        if _holds_pixels(proc.pid, shm_before) and (done_at_least == 0 or _done(out) >= done_at_least):
+            tree = _tree(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return proc.pid, time.monotonic() - started
+            return tree
         time.sleep(0.02)
     proc.kill()
     proc.wait()
     raise AssertionError("the run never reached a decode to kill it in")
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie is dead, only not yet reaped by its new parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:].split()[0] != b"Z"
+
+
 def _ours(name: str, pids: list[int]) -> bool:
-    """A /dev/shm entry imgflow made: its block names (old and new) or a killed run's pid."""
-    return name.startswith(("ifd", "imgflow", "psm_")) or any(f"{pid:x}" in name for pid in pids)
+    """A /dev/shm block one of these runs made (imgflow's names carried the run's pid in hex).
+
+    Other programs, other imgflow runs among them, may use /dev/shm meanwhile: only names that
+    carry one of our pids count.
+    """
+    return name.startswith(("ifd", "imgflow", "psm_")) and any(f"{pid:x}" in name for pid in pids)
 
 
 def test_sigkill_mid_decode_leaves_nothing_and_status_and_rerun_tell_the_truth(tmp_path):
@@ -99,15 +118,24 @@ def test_sigkill_mid_decode_leaves_nothing_and_status_and_rerun_tell_the_truth(t
     shm_before = set(os.listdir("/dev/shm"))
     killed_tmp = tmp_path / "tmp-killed"
     killed_tmp.mkdir()
-    # A decoder exports a_hold's pixels, then hangs before replying: every kill lands while a
-    # decoded block exists; the other files go on, so a later kill comes after items are done.
+    # A decoder exports a_hold's pixels, then hangs before replying: each kill lands while a
+    # decoded block exists; the other files go on, so the second kill comes after items are done.
     env = {**os.environ, "IMGFLOW_TEST_CRASH_ON": "hang_after_export:a_hold", "TMPDIR": str(killed_tmp)}
-    kills = [_kill_mid_decode(pipe, out, n, env) for n in (0, 3, 0)]
-    pids = [pid for pid, _ in kills]
-    print("seconds to each kill:", [round(s, 1) for _, s in kills])
+    trees = [_kill_mid_decode(pipe, out, n, env, shm_before) for n in (0, 3)]  # at start-up, then mid-run
+    pids = [tree[0] for tree in trees]
 
     leaked = sorted(name for name in set(os.listdir("/dev/shm")) - shm_before if _ours(name, pids))
     assert leaked == [], f"blocks left in /dev/shm after {len(pids)} SIGKILLs: {leaked}"
+    # nor any process: the decoder stuck on a_hold, the forkserver, the resource tracker
+    survivors = [pid for tree in trees for pid in tree[1:] if _running(pid)]
+    for _ in range(50):
+        if not survivors:
+            break
+        time.sleep(0.1)
+        survivors = [pid for pid in survivors if _running(pid)]
+    for pid in survivors:  # do not leave them to the next test, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == [], "processes of a SIGKILLed run outlived it"
 
     # item 9: the killed run is reported as interrupted at once, not "running"
     status = CliRunner().invoke(cli, ["status", str(out), "--json"], catch_exceptions=False)

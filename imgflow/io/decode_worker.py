@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import errno
 import os
-from collections import deque
+import select
 import signal
+import threading
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 
 from imgflow.errors import ItemError
@@ -51,11 +53,14 @@ class _Shutdown(BaseException):
 
 
 def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, name: str,
-                asks: bool = False) -> None:
+                asks: bool = False, owner: int | None = None) -> None:
     """Say whether this worker can decode under its memory cap, then decode tasks from ``conn``
     until told to stop or the parent goes away. With ``asks``, ask the parent for the memory of
-    each image before decoding its pixels (the run's memory budget)."""
+    each image before decoding its pixels (the run's memory budget). ``owner`` is the pid of the
+    process that runs the pool: the worker exits as soon as it is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if owner is not None:
+        _exit_with(owner)
     _no_core_dumps()
     _quiet_stderr()
     if not _report_fitness(conn, limits, name):
@@ -144,6 +149,42 @@ def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str,
             "(fix: check free memory)",
         )
         return ("err", task_id, time.perf_counter() - start, error), None
+
+
+def _exit_with(owner: int) -> None:
+    """Exit the moment the pool's process dies, even while stuck inside a decoder.
+
+    An idle worker notices on its pipe, but one stuck in a hostile file (a decoder loop the pool
+    would have timed out) would outlive a SIGKILLed run for ever, and with it the forkserver and
+    the resource tracker, which stay while any of their children live. A daemon thread waits on a
+    pidfd of the owner (polls where there is none) and ends the process.
+    """
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(owner)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the owner has exited
+        else:
+            while _alive(owner):
+                time.sleep(1.0)
+        os._exit(0)
+
+    try:
+        threading.Thread(target=watch, name="imgflow-owner-watch", daemon=True).start()
+    except RuntimeError:  # pragma: no cover - no thread to spare: the pipe still tells an idle worker
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _report_fitness(conn: Connection, limits: DecodeLimits, name: str) -> bool:

@@ -20,6 +20,8 @@ results:
   the image's memory before decoding its pixels; the pool grants it when it fits, refuses an
   image that can never fit (``memory_budget``) and otherwise makes the worker wait (no decode
   timeout runs meanwhile). Each decoded image carries its reservation to the caller.
+* A worker exits as soon as the pool's process dies, even one stuck inside a decoder, so a
+  SIGKILLed run leaves no process behind (nor, through it, the forkserver).
 
 Workers start with the "forkserver" method on Linux (the server preloads the worker module, so
 replacing a dead worker is a fork, not a fresh interpreter) and "spawn" elsewhere.
@@ -516,7 +518,8 @@ class DecodePool:
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=worker_main,
-            args=(child_end, self.limits, os.environ.get(ENV_TEST_CRASH_ON), self.ipc_name, self.budget is not None),
+            args=(child_end, self.limits, os.environ.get(ENV_TEST_CRASH_ON), self.ipc_name, self.budget is not None,
+                  os.getpid()),
             name="imgflow-decode",
             daemon=True,
         )

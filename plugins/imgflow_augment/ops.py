@@ -84,7 +84,7 @@ def resize(
         align_corners=False if smooth else None,
         antialias=antialias and smooth,
     )
-    return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
+    return out.clamp_(0.0, 1.0) if mode == "bicubic" and out.is_floating_point() else out  # uint8 saturates
 
 
 def resized_crop(

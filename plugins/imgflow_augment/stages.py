@@ -49,6 +49,11 @@ Size = Annotated[int | tuple[int, int], BeforeValidator(_check_size)]
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
+#: Resampling filters run on 8-bit pixels within one level of the float path (torch's uint8
+#: kernels; its uint8 bicubic rounds and clips between passes, up to 26 levels off on noise, and
+#: it has no uint8 area filter): images stay uint8 through these, and go float for the others.
+UINT8_INTERPOLATIONS = ("bilinear", "nearest")
+
 SIZE_HELP = "Output size: [height, width], or one int for a square."
 INTERPOLATION_HELP = "Resampling filter: bilinear, bicubic, nearest or area."
 ANTIALIAS_HELP = "Low-pass filter when shrinking (bilinear and bicubic only), as torchvision does."
@@ -237,7 +242,7 @@ class RandomResizedCrop(Augmenter):
 
     @property
     def works_on_uint8(self) -> bool:  # type: ignore[override]
-        return self.params.interpolation != "area"  # torch has no uint8 area resampling
+        return self.params.interpolation in UINT8_INTERPOLATIONS
 
     def uint8_on(self, device: torch.device) -> bool:
         return self.works_on_uint8 and device.type == "cpu"  # uint8 resampling is CPU-only
@@ -396,7 +401,7 @@ class Resize(Augmenter):
 
     @property
     def works_on_uint8(self) -> bool:  # type: ignore[override]
-        return self.params.interpolation != "area"  # torch has no uint8 area resampling
+        return self.params.interpolation in UINT8_INTERPOLATIONS
 
     def uint8_on(self, device: torch.device) -> bool:
         return self.works_on_uint8 and device.type == "cpu"  # uint8 resampling is CPU-only
