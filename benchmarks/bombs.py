@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
@@ -34,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside t
 from _common import (  # noqa: E402
     IMGFLOW,
     Row,
+    _kib_field,
     ensure_generated,
     machine_facts,
     missing_console_script,
     print_machine_facts,
     print_table,
+    process_tree,
     run_measured,
     warm_page_cache,
 )
@@ -90,6 +93,46 @@ def write_pipeline(path: Path, source: Path, output: Path, stage: str, device: s
     return path
 
 
+def pixel_files_kib(pids: list[int]) -> int:
+    """KiB of imgflow's pixel memory files mapped in ``pids``, each file counted once.
+
+    Decoded pixels travel from a decoder to the main process in anonymous memory files. A file
+    waiting in the queue is mapped by the main process but not yet read, so its pages are in
+    memory but in no process's RSS; this adds them (whole: the decoder wrote every page).
+    """
+    sizes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as fh:
+                for line in fh:
+                    if "memfd:imgflow-pixels" not in line:
+                        continue
+                    fields = line.split()
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    sizes[f"{pid}:{fields[4]}"] = (end - start) // 1024  # per mapping (one per image)
+        except OSError:
+            continue
+    return sum(sizes.values())
+
+
+class MemoryPoller(threading.Thread):
+    """Polls the tree: VmRSS minus shared pages already counted, plus every pixel file whole."""
+
+    def __init__(self, root: int, skip_root: bool, interval_s: float = 0.05) -> None:
+        super().__init__(daemon=True, name="bench-pixel-poller")
+        self.root, self.skip_root, self.interval_s = root, skip_root, interval_s
+        self.stop_event = threading.Event()
+        self.peak_kib = 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            pids = [pid for pid in process_tree(self.root) if not (self.skip_root and pid == self.root)]
+            private = sum(_kib_field(f"/proc/{pid}/status", b"VmRSS:") - _kib_field(f"/proc/{pid}/status", b"RssShmem:")
+                          for pid in pids)
+            self.peak_kib = max(self.peak_kib, private + pixel_files_kib(pids))
+            self.stop_event.wait(self.interval_s)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=16, help="bombs in the run (default 16)")
@@ -113,7 +156,20 @@ def main() -> int:
     say(f"bombs: {args.count} files ({sum(p.stat().st_size for p in source) / 1024:.0f} KiB in all) "
         f"through `{args.stage}`, every [run] setting at its default")
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGFLOW_TEST")}
-    m = run_measured([IMGFLOW, "run", pipeline], poll_s=0.02, gnu_time=True, env=env, check=False)
+    poller: list[MemoryPoller] = []
+
+    def watch(pid: int, wrapped: bool) -> None:
+        poller.append(MemoryPoller(pid, skip_root=wrapped))
+        poller[0].start()
+
+    try:
+        m = run_measured([IMGFLOW, "run", pipeline], poll_s=0.02, gnu_time=True, env=env, check=False,
+                         on_start=watch)
+    finally:
+        for p in poller:
+            p.stop_event.set()
+            p.join()
+    with_files = poller[0].peak_kib / 1024 if poller else None
     try:
         summary = json.loads((out / "run-summary.json").read_text())
     except (OSError, ValueError):
@@ -132,6 +188,10 @@ def main() -> int:
                  "count once per process that maps them"),
         Row(f"{args.count} bombs, {args.stage}: peak RSS of largest process", largest, unit="MiB", digits=0,
             note="kernel high-water mark (/usr/bin/time -v, else wait4's ru_maxrss)"),
+        Row(f"{args.count} bombs, {args.stage}: peak of tree incl. queued pixel files", with_files, unit="MiB",
+            digits=0, note="private RSS of every process, plus imgflow's pixel memory files whole (decoded "
+                           "images waiting in the queue are in memory but in no process's RSS until read), "
+                           "polled every 50 ms"),
         Row(f"{args.count} bombs, {args.stage}: wall time", m.wall_s, unit="s", digits=1,
             note=f"exit code {m.returncode}; {counts.get('done', 0)} done, {counts.get('failed', 0)} failed"
                  + (f" ({', '.join(f'{n} {c}' for c, n in sorted(codes.items()))})" if codes else "")),
