@@ -256,3 +256,24 @@ def test_pixels_copied_out_in_strips_equal_the_whole_image_copy(monkeypatch, mod
     if whole.ndim == 2:
         whole = np.repeat(whole[..., None], 3, axis=2)
     assert np.array_equal(modes._in_strips(im, whole.shape[2], convert), whole)
+
+
+def test_the_plugin_kit_holds_a_uint8_stage_to_its_word():
+    from imgflow import Stage
+    from imgflow.plugins import stage_registry
+    from imgflow.testing import check_stage, make_batch
+
+    batch = make_batch([(24, 32), (20, 20)], alpha=True)
+    check_stage(stage_registry()["resize"].cls, {"size": 12}, batch)  # includes the 8-bit check
+
+    class Claims(Stage):
+        name = "claims"
+        works_on_uint8 = True
+
+        def process(self, batch):
+            for item in batch.items:
+                item.image = item.image * 0.5  # reads floats: the declaration is false
+            return batch
+
+    with pytest.raises(AssertionError, match="converted to float although works_on_uint8"):
+        check_stage(Claims, {}, batch)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Item
     from imgflow.engine.chain import ChainResult
     from imgflow.engine.plan import WorkItem
+    from imgflow.memory import MemoryBudget
 
 
 _POLL_S = 0.05  # how long the batcher waits for a decoded image before looking around
@@ -92,12 +93,11 @@ class LocalExecutor:
                 writers.drain(block=False)
             if pending:
                 writers.submit(job.chain.run(pending))
-
         job.recorder.skipped(job.plan.skipped)
 
     @staticmethod
     def _decode_stream(job: Job, first: WorkItem, rest: Iterator[WorkItem], prefetch: Any,
-                       budget: Any) -> Iterator[Any]:
+                       budget: MemoryBudget) -> Iterator[Any]:
         """Runs on the feeder thread: the plan's items through a decode pool, in completion order."""
         from imgflow.engine.footprint import item_peak_bytes
         from imgflow.engine.plan import decode_limits
@@ -192,7 +192,7 @@ class _Writers:
 
 
 def _release(result: ChainResult) -> None:
-    """An input is recorded: drop its pixels and items, and give its memory back to the budget."""
+    """An input is recorded: drop its items and give its memory back to the budget."""
     decoded = result.input.decoded
     result.items = []
     if decoded.reservation is not None:

@@ -382,7 +382,7 @@ class DecodePool:
         if budget is not None:
             budget.starved = False
 
-    def _settle(self, task: _Task, pixels: Any) -> Any:
+    def _settle(self, task: _Task, pixels: Any) -> Reservation | None:
         """A decoded image's reservation: shrunk to what it needs from now on, or released."""
         reservation, task.reservation = task.reservation, None
         if reservation is None:

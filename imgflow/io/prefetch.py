@@ -75,7 +75,10 @@ class Prefetcher:
     the thread, whether the stream was finished or not.
     """
 
-    def __init__(self, stream: Callable[[], Iterator[Any]], max_bytes: int, name: str = "imgflow-feeder") -> None:
+    def __init__(self, stream: Callable[[], Iterator[Any]], max_bytes: int, min_items: int | None = None,
+                 name: str = "imgflow-feeder") -> None:
+        # ``min_items`` is accepted and ignored: it once let that many images in past the byte
+        # bound (16 decompression bombs, 4.6 GB, for the default batch size).
         self._stream = stream
         self._queue = ByteBoundedQueue(max_bytes=max_bytes)
         self._stop = threading.Event()
