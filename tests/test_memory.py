@@ -277,3 +277,13 @@ def test_the_plugin_kit_holds_a_uint8_stage_to_its_word():
 
     with pytest.raises(AssertionError, match="converted to float although works_on_uint8"):
         check_stage(Claims, {}, batch)
+
+
+def test_the_shipped_augment_pipeline_reserves_for_its_crops_not_for_four_full_copies():
+    import tomllib
+
+    spec = tomllib.loads((Path(__file__).parents[1] / "pipelines" / "augment_dataset.toml").read_text())["stages"][0]
+    augment = _stage("augment", copies=spec["copies"], ops=spec["ops"])
+    assert augment.output_shape(3000, 4000) == (200, 200, 4)
+    photo = ImageShape(height=3000, width=4000, channels=3, itemsize=1)  # 12 MP: 36 MB, 144 MB as floats
+    assert item_peak_bytes([augment], photo) < 6 * photo.nbytes  # fits the smallest default budget

@@ -593,7 +593,17 @@ class Augment(Augmenter):
         return all(op.stage.uint8_on(device) for op in self._ops)
 
     def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """``copies`` images per input, as large as the input (ops may be skipped by their p)."""
+        """``copies`` images per input, each as large as the ops can leave it.
+
+        An op that always runs (``p = 1``) sets the size; one that may be skipped leaves the
+        larger of its input and output size possible.
+        """
+        for op in self._ops:
+            out_height, out_width, _ = op.stage.output_shape(height, width)
+            if op.p >= 1.0:
+                height, width = out_height, out_width
+            else:
+                height, width = max(height, out_height), max(width, out_width)
         return height, width, self.params.copies
 
     def process(self, batch: Batch) -> Batch:
