@@ -287,3 +287,22 @@ def test_the_shipped_augment_pipeline_reserves_for_its_crops_not_for_four_full_c
     assert augment.output_shape(3000, 4000) == (200, 200, 4)
     photo = ImageShape(height=3000, width=4000, channels=3, itemsize=1)  # 12 MP: 36 MB, 144 MB as floats
     assert item_peak_bytes([augment], photo) < 6 * photo.nbytes  # fits the smallest default budget
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("name", "params", "tolerance"), GEOMETRIC, ids=[g[0] + str(i) for i, g in enumerate(GEOMETRIC)])
+def test_8bit_items_on_cuda_match_the_cpu_within_one_level(name, params, tolerance):
+    """place() moves 8-bit pixels as they are; on CUDA, resampling converts them there."""
+    from imgflow.engine.chain import place
+
+    cpu, _ = _items(_pixels(48, 64, 4, seed=7))
+    gpu, _ = _items(_pixels(48, 64, 4, seed=7))
+    batch = place(Batch([gpu]), torch.device("cuda"))
+    assert batch.items[0].uint8 is not None and batch.items[0].uint8.is_cuda
+    stage = _stage(name, **params)
+    on_cpu = stage.process(Batch([cpu])).items
+    on_gpu = stage.process(batch).items
+    for a, b in zip(on_cpu, on_gpu, strict=True):
+        levels = b.uint8 if b.uint8 is not None else (torch.cat([b.image, b.alpha]).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        assert int((a.uint8.int() - levels.cpu().int()).abs().max()) <= tolerance, name
