@@ -219,7 +219,8 @@ GNU_TIME = Path("/usr/bin/time")
 
 
 def run_measured(argv: Sequence[str], *, poll_s: float | None = None, gnu_time: bool = False,
-                 cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = True) -> Measured:
+                 cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = True,
+                 on_start: Callable[[int, bool], None] | None = None) -> Measured:
     """Run ``argv`` to completion and measure it.
 
     Wall time spans ``Popen`` to the reap, so it includes interpreter start-up. The child is
@@ -227,7 +228,8 @@ def run_measured(argv: Sequence[str], *, poll_s: float | None = None, gnu_time: 
     samples the whole process tree's memory every ``poll_s`` seconds; that costs about a
     millisecond per sample, so it is off for the throughput runs. With ``gnu_time`` (and
     ``/usr/bin/time`` present) the command runs under ``/usr/bin/time -v`` and its "Maximum
-    resident set size" is kept too; the wrapper itself is left out of the tree sums.
+    resident set size" is kept too; the wrapper itself is left out of the tree sums. ``on_start``
+    is called with the child's pid (and whether it is that wrapper) as soon as it starts.
     """
     argv = [str(a) for a in argv]
     wrapped = gnu_time and GNU_TIME.exists()
@@ -236,6 +238,8 @@ def run_measured(argv: Sequence[str], *, poll_s: float | None = None, gnu_time: 
         command = [str(GNU_TIME), "-v", "-o", report.name, *argv] if wrapped else argv
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+        if on_start is not None:
+            on_start(proc.pid, wrapped)
         poller = _TreePoller(proc.pid, poll_s, skip_root=wrapped) if poll_s else None
         if poller:
             poller.start()

@@ -230,10 +230,12 @@ def _export(pipeline: Pipeline, stages: list[Stage], store: StateStore) -> None:
 
 
 def _options_doc(pipeline: Pipeline, options: RunOptions) -> dict[str, Any]:
+    from imgflow.engine.limits import run_limits
+
     run = pipeline.run
     return {"argv": options.argv, "force": options.force, "retry_failed": options.retry_failed,
             "device": run.device, "batch_size": run.batch_size, "workers": run.workers, "executor": run.executor,
-            "overrides": pipeline.overrides}
+            "overrides": pipeline.overrides, "limits": run_limits(pipeline)}
 
 
 def _run_doc(pipeline: Pipeline, run_id: str, fingerprint: str, stages: list[Stage]) -> dict[str, Any]:

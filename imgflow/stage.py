@@ -108,6 +108,11 @@ class Stage:
       fingerprint_code  True while developing a plugin: the source files of the stage's package
                    join the pipeline fingerprint, so editing the code re-runs finished items
                    (by default only the plugin's version does; see :meth:`fingerprint`)
+      works_on_uint8  True when ``process()`` handles items that hold 8-bit pixels
+                   (``item.uint8``, see :class:`imgflow.batch.Item`) without reading
+                   ``item.image``: no float32 copy is made for it (flips, crops, resize)
+      working_copies  extra images the size of its output the stage holds at its peak, for the
+                   run's memory budget (default 2; see :meth:`output_shape`)
       Params       the parameter model (a :class:`Params` subclass)
     """
 
@@ -123,6 +128,8 @@ class Stage:
     train_only: ClassVar[bool] = False
     needs_grad: ClassVar[bool] = False
     fingerprint_code: ClassVar[bool] = False
+    works_on_uint8: ClassVar[bool] = False
+    working_copies: ClassVar[float] = 2.0
     Params: ClassVar[type[Params]] = Params
 
     def __init__(self, params: Params, context: StageContext) -> None:
@@ -216,6 +223,16 @@ class Stage:
         followed by the stage's own resampling; ``[run] decode_downscale = false`` turns it off.
         """
         return None
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(height, width, count) of the images this stage returns for one input of that size.
+
+        Only used to estimate an item's memory before it is decoded (the run's memory budget,
+        :mod:`imgflow.memory`). The default, the same size once, is right for most stages; a
+        stage that shrinks (resize, crops) or fans out (``augment``) says so, and its items then
+        reserve less, or more.
+        """
+        return height, width, 1
 
     def fingerprint(self) -> dict[str, Any]:
         """Extra facts that change outputs beyond the parameters, e.g. weight file hashes.

@@ -77,7 +77,8 @@ def check_stage(stage_cls: type[Stage], params: dict[str, Any] | None = None, ba
 
     Checks: Params rejects unknown keys; ``__init__`` does no work that fails without setup;
     output layout; with ``deterministic``, two runs over copies of the batch give equal tensors
-    (per-item random draws must come from ``item.generator``).
+    (per-item random draws must come from ``item.generator``); for a stage that declares
+    ``works_on_uint8``, :func:`check_uint8`.
     """
     import pydantic
     import torch
@@ -103,7 +104,47 @@ def check_stage(stage_cls: type[Stage], params: dict[str, Any] | None = None, ba
         assert len(first) == len(second)
         for a, b in zip(first.items, second.items, strict=True):
             assert torch.equal(a.image, b.image), f"{stage_cls.name}: {a.key} differs between two runs"
+    if stage_cls(model, StageContext(stage_id=stage_cls.name)).works_on_uint8:
+        check_uint8(stage_cls, model, batch, device)
     return outputs[0]
+
+
+def check_uint8(stage_cls: type[Stage], params: Any, batch: Batch, device: str = "cpu") -> None:
+    """For a stage with ``works_on_uint8``: on 8-bit items it keeps them 8-bit, never modifies
+    the pixels it was given, and lands within one level of what it makes of the same pixels as
+    floats (see :class:`imgflow.batch.Item`)."""
+    import torch
+
+    def quantised(item: Item) -> torch.Tensor:
+        planes = item.image if item.alpha is None else torch.cat([item.image, item.alpha])
+        return (planes.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+    levels = [quantised(item) for item in batch.items]
+    given = [pixels.clone() for pixels in levels]
+    as_uint8 = Batch([Item(source=it.source, uint8=px, meta=it.meta, seed=it.seed, epoch=it.epoch)
+                      for it, px in zip(batch.items, levels, strict=True)], device=batch.device)
+    as_float = Batch([Item(source=it.source, image=px[:3].float() / 255, meta=it.meta, seed=it.seed, epoch=it.epoch,
+                           alpha=px[3:4].float() / 255 if px.shape[0] == 4 else None)
+                      for it, px in zip(batch.items, levels, strict=True)], device=batch.device)
+    results = []
+    for inputs in (as_uint8, as_float):
+        stage = stage_cls(params, StageContext(stage_id=stage_cls.name))
+        stage.setup(torch.device(device))
+        try:
+            with torch.inference_mode():
+                results.append(stage.process(inputs))
+        finally:
+            stage.teardown()
+    out8, outf = results
+    name = stage_cls.name
+    assert all(torch.equal(a, b) for a, b in zip(levels, given, strict=True)), f"{name} modified the pixels it was given"
+    assert len(out8) == len(outf), f"{name}: 8-bit and float inputs gave different item counts"
+    for a, b in zip(out8.items, outf.items, strict=True):
+        assert a.uint8 is not None, f"{name}: {a.key} was converted to float although works_on_uint8 is set"
+        reference = quantised(b).to(a.uint8.device)
+        assert a.uint8.shape == reference.shape, f"{name}: {a.key} is {tuple(a.uint8.shape)} as 8-bit, {tuple(reference.shape)} as float"
+        worst = int((a.uint8.int() - reference.int()).abs().max()) if a.uint8.numel() else 0
+        assert worst <= 1, f"{name}: {a.key} is {worst} levels from the float path (at most 1 allowed)"
 
 
 @contextlib.contextmanager

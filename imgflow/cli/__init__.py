@@ -69,6 +69,24 @@ def main(argv: list[str] | None = None) -> None:
             code = 1
         sys.stdout.flush()
         sys.stderr.flush()
+        _release_multiprocessing()
         os._exit(code or 0)
+
+
+def _release_multiprocessing() -> None:
+    """Do what multiprocessing's own exit hook would have done, before ``os._exit`` skips it.
+
+    Its finalizers stop daemonic children and remove its temporary folder (``$TMPDIR/pymp-*``,
+    where the forkserver's socket lives). Skipped, every run would leave one folder behind: a
+    cron job every 5 minutes makes 100,000 a year.
+    """
+    if "multiprocessing.util" not in sys.modules:
+        return
+    from multiprocessing import util
+
+    try:
+        util._exit_function()  # the function multiprocessing registers with atexit
+    except Exception:  # noqa: BLE001 - never let clean-up turn a finished run into a failure
+        pass
 
 

@@ -41,10 +41,12 @@ def status(output: Path, as_json: bool, n_failures: int) -> None:
       imgflow status pipelines/colorize_archive.toml
     """
     from imgflow.state import StateStore
+    from imgflow.state.liveness import settle_dead_runs
 
     output = output_of(output)
     with StateStore(output, readonly=True) as store:
         report = store.status_report(recent_runs=5, failures=n_failures)
+    settle_dead_runs(report.get("runs", []), output)  # a killed run shows as interrupted at once
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return

@@ -10,7 +10,7 @@ import os
 import re
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from imgflow.config.executor import RaySection
 from imgflow.io.naming import DEFAULT_TEMPLATE
@@ -19,6 +19,8 @@ from imgflow.scalars import ScalarRules
 
 DEFAULT_NAMING = DEFAULT_TEMPLATE
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+#: The smallest [run] worker_memory_mb accepted: below it a decode worker cannot even start.
+MIN_WORKER_MEMORY_MB = 256
 
 
 SEED_MAX = 2**63 - 1  # what SQLite, numpy and torch all take as a seed
@@ -79,10 +81,14 @@ class RunSection(_Section):
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for every random draw (per item, reproducible).")
     max_pixels: int = Field(100_000_000, ge=1, description="Refuse images with more pixels (decompression bombs).")
     max_file_mb: float = Field(512, gt=0, le=TIB_IN_MB, description="Refuse files larger than this many MiB.")
-    worker_memory_mb: int | None = Field(4096, ge=64, le=2**40, description="Address-space cap per decode worker.")
+    worker_memory_mb: int | None = Field(
+        4096, le=2**40, description=f"Address-space cap per decode worker (at least {MIN_WORKER_MEMORY_MB}).")
     decode_timeout_s: float = Field(120.0, gt=0, le=DAY_S,
                                     description="Kill a decode worker stuck this long on one file (at most a day).")
     prefetch_mb: float = Field(256, gt=0, le=TIB_IN_MB, description="Decoded pixels held ahead of the stages (MiB).")
+    max_memory_mb: int | None = Field(
+        None, ge=16, le=2**40, description="Memory for image data across the run's processes (MiB); default: 640 "
+                                           "per CPU core, at least 1024, at most a quarter of the machine's memory.")
     decode_downscale: bool = Field(
         True, description="Decode JPEGs at 1/2, 1/4 or 1/8 scale when the first stage shrinks them anyway.")
     checkpoint_every: int = Field(
@@ -90,6 +96,17 @@ class RunSection(_Section):
     executor: Literal["local", "ray"] = Field(
         "local", description="Where the run executes: this machine, or a Ray cluster ([run.ray]).")
     ray: RaySection = Field(default_factory=RaySection, description="[run.ray]: the Ray executor's settings.")
+
+    @field_validator("worker_memory_mb")
+    @classmethod
+    def _worker_can_start(cls, value: int | None) -> int | None:
+        """A cap under what a decode worker needs before it decodes anything fails every file."""
+        if value is not None and value < MIN_WORKER_MEMORY_MB:
+            raise ValueError(
+                f"expected at least {MIN_WORKER_MEMORY_MB}, got {value}: a decode worker uses about 200 MB "
+                "of address space before it decodes anything, so no image could be decoded (fix: set "
+                "worker_memory_mb to 1024 or more for large images, or remove it for the default 4096)")
+        return value
 
 
 SECTION_MODELS: dict[str, type[_Section]] = {

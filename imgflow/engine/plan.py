@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgflow.config import Pipeline
@@ -39,14 +39,21 @@ class WorkItem:
 
 
 class Selector:
-    """Decides, per input file, whether this run must process it (incremental runs)."""
+    """Decides, per input file, whether this run must process it (incremental runs).
 
-    def __init__(self, store: StateStore, fingerprint: str, options: RunOptions) -> None:
+    ``limits`` are the run's decode and memory limits (:func:`imgflow.engine.limits.run_limits`):
+    an item that failed because of a limit runs again once that limit has changed.
+    """
+
+    def __init__(self, store: StateStore, fingerprint: str, options: RunOptions,
+                 limits: dict[str, Any] | None = None) -> None:
         self.store = store
         self.fingerprint = fingerprint
         self.options = options
+        self.limits = limits
         self.skipped = 0
         self.failed_before = 0  # of the skipped: failed in an earlier run, unchanged since
+        self._limits_of_run: dict[str, dict[str, Any] | None] = {}
 
     def wants(self, sf: SourceFile) -> WorkItem | None:
         prior = self.store.lookup(sf.relpath)
@@ -58,9 +65,23 @@ class Selector:
             return WorkItem(sf, prior)
         if (prior.size, prior.mtime_ns) != (sf.size, sf.mtime_ns) and not same_content(sf, prior):
             return WorkItem(sf, prior)
+        if prior.status == "failed" and self._limit_changed(prior):
+            return WorkItem(sf, prior)
         if prior.status == "failed":
             self.failed_before += 1
         return self._skip()
+
+    def _limit_changed(self, prior: PriorItem) -> bool:
+        """The limit behind this failure differs from the one of the run that recorded it."""
+        from imgflow.engine.limits import LIMIT_OF_CODE, limit_changed
+
+        if self.limits is None or prior.error_code not in LIMIT_OF_CODE:
+            return False
+        run_id = prior.run_id or ""
+        if run_id not in self._limits_of_run:  # one lookup per earlier run, not per item
+            options = self.store.run_options(run_id) or {}
+            self._limits_of_run[run_id] = options.get("limits")
+        return limit_changed(prior.error_code, self._limits_of_run[run_id], self.limits)
 
     def _skip(self) -> None:
         self.skipped += 1
@@ -89,8 +110,10 @@ class Plan:
 
     def __init__(self, pipeline: Pipeline, store: StateStore, fingerprint: str, options: RunOptions,
                  warn: Callable[[str], None] | None = None) -> None:
+        from imgflow.engine.limits import run_limits
+
         self.pipeline = pipeline
-        self.selector = Selector(store, fingerprint, options)
+        self.selector = Selector(store, fingerprint, options, run_limits(pipeline))
         self.warn = warn
         self.matched = 0  # input files the walk found so far, selected or not (0: empty input)
 

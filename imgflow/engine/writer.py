@@ -75,7 +75,7 @@ class OutputWriter:
         this input's own earlier output.
         """
         from imgflow.io.atomic import atomic_write
-        from imgflow.io.encode import encode_image
+        from imgflow.io.encode import encode_image, encode_uint8
         from imgflow.io.naming import output_relpath, resolve_format
 
         out = self.output
@@ -87,7 +87,9 @@ class OutputWriter:
             if item.write_image:
                 rel = output_relpath(source, out.naming, item.variant, fmt)
                 self.claims.claim(rel, source)
-                data = encode_image(item.image, item.alpha, fmt, out.quality, depth)
+                data = encode_uint8(item.uint8, fmt, out.quality, depth) if item.uint8 is not None else None
+                if data is None:  # float pixels, or 8-bit ones that need arithmetic (JPEG + alpha)
+                    data = encode_image(item.image, item.alpha, fmt, out.quality, depth)
                 atomic_write(self.root, rel, data, replace=out.overwrite == "replace" or rel in prior)
                 written.append(rel)
             written.extend(self.write_artifacts(item.artifacts))

@@ -8,7 +8,10 @@ Threads and processes, and why:
                   threads) and records finished items in SQLite. Only this thread touches stages.
   writer threads  encode and write outputs atomically; Pillow releases the GIL while encoding.
 Every hand-off is bounded (bytes of decoded pixels, writes in flight), so memory does not grow
-with the number of files.
+with the number of files. On top of that, the run's memory budget (:mod:`imgflow.memory`)
+bounds what all of them hold together, decoders included: each image's memory is reserved
+before its pixels are decoded and released once it is recorded; a batch still being filled is
+run short when the decoders wait for memory that only finished items can give back.
 
 An item is recorded "done" only after all its outputs were renamed into place, so a run killed
 at any instant leaves no partial file under a final name and, rerun, redoes only what is missing.
@@ -32,6 +35,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Item
     from imgflow.engine.chain import ChainResult
     from imgflow.engine.plan import WorkItem
+    from imgflow.memory import MemoryBudget
+
+
+_POLL_S = 0.05  # how long the batcher waits for a decoded image before looking around
 
 
 @dataclass
@@ -50,7 +57,8 @@ class LocalExecutor:
     def execute(self, job: Job) -> None:
         from imgflow.engine.chain import ChainInput
         from imgflow.engine.progress import Progress
-        from imgflow.io.prefetch import END, Prefetcher
+        from imgflow.io.prefetch import END, WAITING, Prefetcher
+        from imgflow.memory import MemoryBudget, budget_mb
 
         items = job.plan.items()
         first = next(items, None)
@@ -59,8 +67,9 @@ class LocalExecutor:
             return
         run = job.pipeline.run
         batch_size = job.chain.batch_size(run.batch_size)
-        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch),
-                              max_bytes=int(run.prefetch_mb * 1024 * 1024), min_items=max(4, batch_size * 2))
+        budget = MemoryBudget.from_mb(budget_mb(run.max_memory_mb))
+        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch, budget),
+                              max_bytes=int(run.prefetch_mb * 1024 * 1024))
         # Decoding starts first, so worker start-up and the first decodes overlap with importing
         # torch and loading weights. Nothing is recorded until the stages are ready, so a setup
         # failure (missing weights, no CUDA) still fails the run before any item is processed.
@@ -68,7 +77,13 @@ class LocalExecutor:
             job.chain.setup()
             job.recorder.progress = Progress(job.pipeline.name, job.options.progress)
             pending: list[ChainInput] = []
-            while (got := prefetch.get()) is not END:
+            while (got := prefetch.get(timeout=_POLL_S)) is not END:
+                if got is WAITING:  # nothing decoded yet: record finished writes, maybe run short
+                    writers.drain(block=False)
+                    if pending and budget.starved:  # only finished items can free memory now
+                        writers.submit(job.chain.run(pending))
+                        pending = []
+                    continue
                 work, outcome, seconds = got
                 if isinstance(outcome, ItemError):
                     job.recorder.failed(work.source, outcome, {"decode_s": round(seconds, 4)})
@@ -83,12 +98,15 @@ class LocalExecutor:
         job.recorder.skipped(job.plan.skipped)
 
     @staticmethod
-    def _decode_stream(job: Job, first: WorkItem, rest: Iterator[WorkItem], prefetch: Any) -> Iterator[Any]:
+    def _decode_stream(job: Job, first: WorkItem, rest: Iterator[WorkItem], prefetch: Any,
+                       budget: MemoryBudget) -> Iterator[Any]:
         """Runs on the feeder thread: the plan's items through a decode pool, in completion order."""
+        from imgflow.engine.footprint import item_peak_bytes
         from imgflow.engine.plan import decode_limits
         from imgflow.io.decodepool import DecodePool
 
         refused: deque[WorkItem] = deque()  # matched by the walk, never to be opened (io/links.py)
+        stages = job.chain.stages
 
         def works() -> Iterator[tuple[WorkItem, Any]]:
             for work in itertools.chain([first], rest):
@@ -106,7 +124,8 @@ class LocalExecutor:
 
         run = job.pipeline.run
         with DecodePool(workers=run.workers, limits=decode_limits(job.pipeline, job.chain.decode_hint()),
-                        timeout_s=run.decode_timeout_s) as pool:
+                        timeout_s=run.decode_timeout_s, budget=budget,
+                        footprint=lambda shape: item_peak_bytes(stages, shape)) as pool:
             for outcome in pool.imap_unordered(works()):
                 yield from refusals()
                 yield outcome
@@ -140,6 +159,7 @@ class _Writers:
             timings = {"decode_s": round(decoded.decode_s, 4)}
             if result.error is not None:
                 self.job.recorder.failed(decoded.work.source, result.error, timings)
+                _release(result)
                 continue
             timings["stages_s"] = round(result.stages_s, 4)
             self.in_flight.acquire()  # bounded: at most 2 x workers inputs wait for a writer
@@ -181,6 +201,16 @@ class _Writers:
                                    meta=result.input.decoded.meta.to_dict(),
                                    content_hash=result.input.decoded.content_hash)
         self.job.writer.claims.release(work.relpath)
+        _release(result)
+
+
+def _release(result: ChainResult) -> None:
+    """An input is recorded: drop its items and give its memory back to the budget."""
+    decoded = result.input.decoded
+    result.items = []
+    if decoded.reservation is not None:
+        decoded.reservation.release()
+        decoded.reservation = None
 
 
 def merge_results(items: list[Item]) -> dict[str, Any]:

@@ -55,10 +55,11 @@ import stat
 import struct
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import (  # noqa: F401  (the plugin imports register exactly the formats we allow)
@@ -87,7 +88,8 @@ from imgflow.io.decode_errors import (
     warning_notes,
 )
 from imgflow.io.decode_errors import sniff_format as sniff_format
-from imgflow.io.modes import orient, to_array
+from imgflow.io.modes import GRAY16_MODES, bytes_per_pixel, orient, to_array
+from imgflow.memory import DecodeCost, ImageShape
 from imgflow.stage import DecodeHint
 
 __all__ = [
@@ -172,6 +174,9 @@ class Decoded:
     pixels: np.ndarray  # (H, W, 3|4), uint8 or uint16
     meta: ImageMeta
     content_hash: str  # sha256 hex of the file's bytes
+    #: The memory this image holds in the run's budget (imgflow.memory.Reservation), set by the
+    #: decode pool in the parent; release it when the item is done with.
+    reservation: Any = field(default=None, repr=False, compare=False)
 
     @property
     def has_alpha(self) -> bool:
@@ -210,16 +215,24 @@ def apply_memory_cap(limits: DecodeLimits) -> bool:
 # --------------------------------------------------------------------------- public entry points
 
 
-def decode_file(path: str | Path, limits: DecodeLimits) -> Decoded:
-    """Read, hash and decode one file; raise ItemError with a reason code on any failure."""
+#: Called with an image's :class:`DecodeCost` after its header is read and before its pixels are
+#: decoded; it returns to go ahead, or raises ItemError (``memory_budget``) to refuse.
+Admit = Callable[[DecodeCost], None]
+
+
+def decode_file(path: str | Path, limits: DecodeLimits, admit: Admit | None = None) -> Decoded:
+    """Read, hash and decode one file; raise ItemError with a reason code on any failure.
+
+    ``admit`` (see :data:`Admit`) lets the caller wait for, or refuse, the memory the pixels need.
+    """
     try:
         data = _read_capped(Path(path), limits)
     except MemoryError:
         raise memory_error(str(path), limits) from None
-    return decode_bytes(data, limits, source=str(path))
+    return decode_bytes(data, limits, source=str(path), admit=admit)
 
 
-def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>") -> Decoded:
+def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>", admit: Admit | None = None) -> Decoded:
     """Decode bytes already in memory (``source`` names them in error messages).
 
     The size cap is checked here too, so callers that read files themselves get the same
@@ -239,7 +252,7 @@ def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>") -> 
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            pixels, meta = _decode(data, limits, source, notes)
+            pixels, meta = _decode(data, limits, source, notes, admit)
         except ItemError:
             raise
         except MemoryError:
@@ -362,7 +375,7 @@ def _open(data: bytes, limits: DecodeLimits, source: str) -> ImageFile.ImageFile
 
 
 def _decode(
-    data: bytes, limits: DecodeLimits, source: str, notes: list[str]
+    data: bytes, limits: DecodeLimits, source: str, notes: list[str], admit: Admit | None = None
 ) -> tuple[np.ndarray, ImageMeta]:
     """The decode proper; any exception escapes to :func:`decode_bytes` for classification."""
     im = _open(data, limits, source)
@@ -373,6 +386,8 @@ def _decode(
         frames = _count_frames(im, data, limits, source, notes)
         _note_colour_precision(im, notes)
         _draft(im, limits.hint, notes)
+        if admit is not None:
+            admit(decode_cost(im))
         im.load()
         orientation = _read_orientation(im, notes)
         pixels, bit_depth = to_array(im, notes)
@@ -390,6 +405,49 @@ def _decode(
         notes=notes,
     )
     return pixels, meta
+
+
+def decode_cost(im: Image.Image) -> DecodeCost:
+    """What decoding ``im`` (header read, not yet loaded) will produce and cost this process.
+
+    The shape follows :func:`imgflow.io.modes.to_array`'s policy (alpha, 16-bit levels) and the
+    EXIF orientation. The worker's peak: Pillow's own pixels, a whole-image conversion where one
+    happens (palette with alpha, colour keys, ICC profiles, 16-bit), and twice the output (the
+    array, then its upright copy or the memory file it is handed back in), plus a margin.
+    """
+    width, height = im.size
+    mode = im.mode
+    if mode in GRAY16_MODES or mode in ("I", "F"):
+        channels, itemsize = 3, 2
+    elif mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode in ("1", "L", "RGB") and "transparency" in im.info):
+        channels, itemsize = 4, 1
+    elif mode == "P":
+        channels, itemsize = (4 if im.has_transparency_data else 3), 1
+    else:
+        channels, itemsize = 3, 1
+    if _peek_orientation(im) in (5, 6, 7, 8):
+        width, height = height, width
+    shape = ImageShape(height=height, width=width, channels=channels, itemsize=itemsize)
+    pillow = width * height * bytes_per_pixel(mode)
+    whole_conversion = mode not in ("1", "L", "P", "RGB", "RGBA") or "icc_profile" in im.info or (
+        mode in ("1", "L", "RGB") and "transparency" in im.info)
+    extra = width * height * 4 if whole_conversion else 0
+    return DecodeCost(shape=shape, worker_bytes=pillow + extra + 2 * shape.nbytes + (16 << 20))
+
+
+def _peek_orientation(im: Image.Image) -> int:
+    """The EXIF orientation from the header, before loading (1 when absent or unreadable).
+
+    Never for a PNG whose header holds no EXIF: Pillow's PNG ``getexif`` decodes the whole
+    image to look for one after the pixels, which is exactly what must not happen yet.
+    """
+    if im.format not in ("JPEG", "MPO", "TIFF", "WEBP") and "exif" not in im.info:
+        return 1
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # the orientation reader notes the problem after loading
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def draft_request(size: tuple[int, int], hint: DecodeHint, orientation: int) -> tuple[int, int] | None:

@@ -6,10 +6,15 @@ privileges to what decoding hostile files needs: Ctrl-C is the parent's, no core
 address-space cap (``[run] worker_memory_mb``) so a bomb raises MemoryError rather than waking the
 OOM killer.
 
-Protocol, per task ``(task_id, path)`` received on the worker's pipe: a reply tuple
+Protocol. The worker's first message says whether it can decode at all under its memory cap:
+``("ready",)``, or ``("unfit", address_space_mb, detail)`` and it exits. Then, per task
+``(task_id, path)`` received on the worker's pipe: a reply tuple
 ``("err", task_id, seconds, ItemError)``, or ``("ok", task_id, seconds, shape, dtype, meta,
 digest, payload)`` where ``payload`` is None when the pixels follow as a memory-file descriptor
-(:mod:`imgflow.io.pixel_ipc`), else their bytes.
+(:mod:`imgflow.io.pixel_ipc`), else their bytes. Under a memory budget, the worker first sends
+``("ask", task_id, DecodeCost)`` once the header is read, and decodes the pixels only after the
+parent's ``("grant", task_id)``; ``("refuse", task_id, message)`` fails the file with
+``memory_budget`` without decoding it.
 
 Test hook (test-only, never set it in production): ``IMGFLOW_TEST_CRASH_ON`` makes a worker
 misbehave on purpose when the name of the file it is about to decode contains a substring. The
@@ -25,29 +30,46 @@ never consults it. No input file, pipeline key or CLI option can reach it.
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import signal
+import threading
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 
 from imgflow.errors import ItemError
 from imgflow.io import pixel_ipc
-from imgflow.io.decode import DecodeLimits, apply_memory_cap, decode_file
+from imgflow.io.decode import Admit, DecodeLimits, apply_memory_cap, decode_bytes, decode_file
+from imgflow.memory import DecodeCost
 
 #: Test-only hook, see the module docstring.
 ENV_TEST_CRASH_ON = "IMGFLOW_TEST_CRASH_ON"
 
 
-def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, name: str) -> None:
-    """Decode tasks from ``conn`` until told to stop or the parent goes away."""
+class _Shutdown(BaseException):
+    """The parent said stop (or went away) while this worker waited for memory."""
+
+
+def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, name: str,
+                asks: bool = False, owner: int | None = None) -> None:
+    """Say whether this worker can decode under its memory cap, then decode tasks from ``conn``
+    until told to stop or the parent goes away. With ``asks``, ask the parent for the memory of
+    each image before decoding its pixels (the run's memory budget). ``owner`` is the pid of the
+    process that runs the pool: the worker exits as soon as it is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if owner is not None:
+        _exit_with(owner)
     _no_core_dumps()
     _quiet_stderr()
-    apply_memory_cap(limits)
+    if not _report_fitness(conn, limits, name):
+        return
     hooks = _parse_crash_hooks(crash_on)
+    backlog: deque = deque()  # tasks that arrived while this worker waited for a grant
     while True:
         try:
-            task = conn.recv()
+            task = backlog.popleft() if backlog else conn.recv()
         except (EOFError, OSError):
             return  # parent closed the pipe or died
         if task is None:
@@ -55,7 +77,11 @@ def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, na
         task_id, path = task
         if hooks:
             _misbehave(path, hooks, after_export=False)
-        reply, fd = _decode_task(task_id, path, limits, name)
+        admit = (lambda cost, t=task_id: _ask(conn, t, cost, backlog)) if asks else None
+        try:
+            reply, fd = _decode_task(task_id, path, limits, name, admit)
+        except _Shutdown:
+            return
         if hooks:
             _misbehave(path, hooks, after_export=True)
         try:
@@ -70,11 +96,35 @@ def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, na
                 os.close(fd)
 
 
-def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str) -> tuple[tuple, int | None]:
-    """Decode one file and export its pixels; never raises. Returns (reply, fd to pass or None)."""
+def _ask(conn: Connection, task_id: int, cost: DecodeCost, backlog: deque) -> None:
+    """Ask the parent for the memory this image needs; return once granted.
+
+    Sends ``("ask", task_id, cost)``; the answer is ``("grant", task_id)`` or
+    ``("refuse", task_id, message)`` (raised as ItemError ``memory_budget``). Tasks the parent
+    sends meanwhile are kept in ``backlog``, in order.
+    """
+    try:
+        conn.send(("ask", task_id, cost))
+        while True:
+            message = conn.recv()
+            if message is None:
+                raise _Shutdown
+            if message[0] == "grant" and message[1] == task_id:
+                return
+            if message[0] == "refuse" and message[1] == task_id:
+                raise ItemError("memory_budget", message[2])
+            backlog.append(message)
+    except (EOFError, OSError):
+        raise _Shutdown from None
+
+
+def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str,
+                 admit: Admit | None = None) -> tuple[tuple, int | None]:
+    """Decode one file and export its pixels; never raises (but _Shutdown). Returns (reply, fd
+    to pass or None)."""
     start = time.perf_counter()
     try:
-        decoded = decode_file(path, limits)
+        decoded = decode_file(path, limits, admit)
         pixels = decoded.pixels
         payload = pixel_ipc.export(pixels, name)
         fd = payload if isinstance(payload, int) else None
@@ -99,6 +149,97 @@ def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str) -> tu
             "(fix: check free memory)",
         )
         return ("err", task_id, time.perf_counter() - start, error), None
+
+
+def _exit_with(owner: int) -> None:
+    """Exit the moment the pool's process dies, even while stuck inside a decoder.
+
+    An idle worker notices on its pipe, but one stuck in a hostile file (a decoder loop the pool
+    would have timed out) would outlive a SIGKILLed run for ever, and with it the forkserver and
+    the resource tracker, which stay while any of their children live. A daemon thread waits on a
+    pidfd of the owner (polls where there is none) and ends the process.
+    """
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(owner)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the owner has exited
+        else:
+            while _alive(owner):
+                time.sleep(1.0)
+        os._exit(0)
+
+    try:
+        threading.Thread(target=watch, name="imgflow-owner-watch", daemon=True).start()
+    except RuntimeError:  # pragma: no cover - no thread to spare: the pipe still tells an idle worker
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _report_fitness(conn: Connection, limits: DecodeLimits, name: str) -> bool:
+    """Apply the memory cap, decode a tiny image under it, and tell the parent how that went.
+
+    The first message a worker sends is ``("ready",)`` or ``("unfit", address_space_mb, detail)``.
+    A cap below what the worker already uses would otherwise fail every file as ``memory_limit``
+    or ``decoder_crash`` ("probably corrupt"), when it is the configuration that is wrong.
+    """
+    in_use_mb = _address_space_mb()
+    probe = _probe_image()
+    detail = None
+    try:
+        apply_memory_cap(limits)
+        pixels = decode_bytes(probe, limits, source="(start-up probe)").pixels
+        payload = pixel_ipc.export(pixels, name)
+        if isinstance(payload, int):
+            os.close(payload)
+    except MemoryError:
+        detail = "it ran out of memory decoding a 16x16 test image"
+    except OSError as exc:
+        detail = ("it ran out of memory handing back a 16x16 test image" if exc.errno == errno.ENOMEM
+                  else f"handing back a 16x16 test image failed: {exc}")
+    except ItemError as exc:
+        detail = f"decoding a 16x16 test image failed: {exc.message}"
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the parent must hear of it
+        detail = f"decoding a 16x16 test image failed: {type(exc).__name__}: {exc}"
+    try:
+        conn.send(("ready",) if detail is None else ("unfit", in_use_mb, detail))
+    except (OSError, MemoryError):
+        return False
+    return detail is None
+
+
+def _probe_image() -> bytes:
+    """A 16x16 RGB PNG, made before the cap applies."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 64, 32)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _address_space_mb() -> int | None:
+    """This process's address space in use (VmSize), in MiB; None where /proc is absent."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmSize:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _quiet_stderr() -> None:

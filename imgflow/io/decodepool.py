@@ -16,6 +16,12 @@ results:
   its worker killed (``decoder_timeout``). Every task yields exactly one outcome.
 * Tasks are pulled from the caller's iterable lazily: at most ``workers * prefetch`` are between
   "taken from the iterable" and "yielded back", however long the folder is.
+* Under a memory budget (:mod:`imgflow.memory`) a worker reads the file's header, then asks for
+  the image's memory before decoding its pixels; the pool grants it when it fits, refuses an
+  image that can never fit (``memory_budget``) and otherwise makes the worker wait (no decode
+  timeout runs meanwhile). Each decoded image carries its reservation to the caller.
+* A worker exits as soon as the pool's process dies, even one stuck inside a decoder, so a
+  SIGKILLed run leaves no process behind (nor, through it, the forkserver).
 
 Workers start with the "forkserver" method on Linux (the server preloads the worker module, so
 replacing a dead worker is a fork, not a fresh interpreter) and "spawn" elsewhere.
@@ -41,10 +47,11 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from imgflow.errors import ItemError
+from imgflow.errors import ConfigError, ImgflowError, ItemError
 from imgflow.io import pixel_ipc
 from imgflow.io.decode import DecodeLimits, Decoded
 from imgflow.io.decode_worker import ENV_TEST_CRASH_ON, worker_main
+from imgflow.memory import DecodeCost, ImageShape, MemoryBudget, Reservation
 
 __all__ = ["DecodePool", "ENV_TEST_CRASH_ON", "Outcome"]
 
@@ -54,6 +61,7 @@ K = TypeVar("K")
 Outcome = tuple[Any, "Decoded | ItemError", float]
 
 _SHUTDOWN_GRACE_S = 2.0
+_ASK_POLL_S = 0.02  # how often workers waiting for memory are looked at again
 _END = object()
 
 
@@ -65,6 +73,7 @@ class _Task(Generic[K]):
     id: int
     key: K
     path: str
+    reservation: Reservation | None = None  # its memory in the run's budget, once granted
 
 
 @dataclass
@@ -74,6 +83,7 @@ class _Worker:
     held: deque[_Task] = field(default_factory=deque)
     head_since: float = 0.0  # when the oldest held task started decoding
     dead: bool = False
+    asking: DecodeCost | None = None  # the oldest held task waits for memory (not yet decoding)
 
 
 def _context() -> Any:
@@ -100,7 +110,9 @@ class DecodePool:
     """
 
     def __init__(
-        self, workers: int, limits: DecodeLimits, timeout_s: float = 120.0, prefetch: int = 2
+        self, workers: int, limits: DecodeLimits, timeout_s: float = 120.0, prefetch: int = 2, *,
+        budget: MemoryBudget | None = None, footprint: Callable[[ImageShape], int] | None = None,
+        hold: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -110,6 +122,14 @@ class DecodePool:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.workers = workers
         self.limits = limits
+        #: The run's memory budget: each image's memory is reserved before its pixels are decoded
+        #: (see :mod:`imgflow.memory`). ``footprint`` gives what an image of a shape will need in
+        #: the main process afterwards; with ``hold``, a decoded image keeps that reserved
+        #: (``Decoded.reservation``, released by the caller), else it is released on arrival.
+        self.budget = budget
+        self.footprint = footprint
+        self.hold = hold
+        self._asks: deque[_Worker] = deque()  # workers waiting for memory, first come first served
         self.timeout_s = float(timeout_s)
         self.prefetch = prefetch
         #: The name every worker gives its pixel memory files (visible in /proc/PID/fd as
@@ -122,8 +142,14 @@ class DecodePool:
         self._pool: list[_Worker] = []
         self._streaming = False
         self._closed = False
-        for _ in range(workers):
-            self._pool.append(self._start_worker())
+        try:
+            for _ in range(workers):
+                self._pool.append(self._start_worker(ready=False))
+            for worker in self._pool:  # started together, then checked: start-ups overlap
+                self._await_ready(worker)
+        except BaseException:
+            self.close()
+            raise
 
     # ----------------------------------------------------------------- public
 
@@ -281,11 +307,15 @@ class DecodePool:
 
     def _collect(self, pending: deque[_Task]) -> list[Outcome]:
         """Wait for results, deaths or a timeout; return the outcomes that are ready."""
+        self._serve_asks()
         busy = [w for w in self._pool if w.held]
         if not busy:
             return []
         now = time.monotonic()
-        wait_s = max(0.0, min(w.head_since + self.timeout_s for w in busy) - now)
+        decoding = [w for w in busy if w.asking is None]  # a worker waiting for memory has no clock
+        wait_s = max(0.0, min(w.head_since + self.timeout_s for w in decoding) - now) if decoding else 3600.0
+        if self._asks:  # memory is released by other threads: look again soon
+            wait_s = min(wait_s, _ASK_POLL_S)
         ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], wait_s))
         outcomes: list[Outcome] = []
         for worker in busy:
@@ -295,7 +325,7 @@ class DecodePool:
                     outcomes.extend(self._replace(worker, pending, charge=True))
         now = time.monotonic()
         for worker in list(self._pool):
-            if worker.held and now - worker.head_since > self.timeout_s:
+            if worker.held and worker.asking is None and now - worker.head_since > self.timeout_s:
                 outcomes.extend(self._drain(worker))  # it may have finished just now
                 if worker.dead:
                     outcomes.extend(self._replace(worker, pending, charge=True))
@@ -309,10 +339,66 @@ class DecodePool:
         try:
             while worker.held and worker.conn.poll():
                 reply = worker.conn.recv()
+                if reply[0] == "ask":  # header read; it waits for our answer before decoding
+                    worker.asking = reply[2]
+                    self._asks.append(worker)
+                    self._serve_asks()
+                    continue
                 outcomes.append(self._receive(worker, reply))
         except (EOFError, OSError):
             worker.dead = True
         return outcomes
+
+    # ----------------------------------------------------------------- the memory budget
+
+    def _serve_asks(self) -> None:
+        """Answer waiting workers in order: grant what fits, refuse what never can, else wait.
+
+        First come, first served: a large image is not overtaken forever by small ones.
+        """
+        budget = self.budget
+        while self._asks and budget is not None:
+            worker = self._asks[0]
+            if worker.dead or worker.asking is None or not worker.held:
+                self._asks.popleft()
+                continue
+            task, cost = worker.held[0], worker.asking
+            need = max(cost.worker_bytes, self.footprint(cost.shape) if self.footprint else 0)
+            if budget.fits(need):
+                reservation = budget.try_reserve(need)
+                if reservation is None:
+                    budget.starved = True
+                    return
+                task.reservation, answer = reservation, ("grant", task.id)
+            else:
+                answer = ("refuse", task.id, _over_budget(task.path, cost, need, budget.capacity))
+            self._asks.popleft()
+            worker.asking = None
+            worker.head_since = time.monotonic()  # its decode starts now
+            try:
+                worker.conn.send(answer)
+            except (OSError, ValueError):
+                worker.dead = True  # settled (and its reservation released) in _collect
+        if budget is not None:
+            budget.starved = False
+
+    def _settle(self, task: _Task, pixels: Any) -> Reservation | None:
+        """A decoded image's reservation: shrunk to what it needs from now on, or released."""
+        reservation, task.reservation = task.reservation, None
+        if reservation is None:
+            return None
+        if not (self.hold and self.footprint):
+            reservation.release()
+            return None
+        height, width, channels = pixels.shape
+        reservation.resize(self.footprint(ImageShape(height, width, channels, pixels.dtype.itemsize)))
+        return reservation
+
+    @staticmethod
+    def _release(task: _Task) -> None:
+        if task.reservation is not None:
+            task.reservation.release()
+            task.reservation = None
 
     def _receive(self, worker: _Worker, reply: tuple) -> Outcome:
         """Turn one worker reply (for its oldest task) into an outcome, collecting the pixels.
@@ -326,6 +412,7 @@ class DecodePool:
         if reply[1] != task.id:  # pragma: no cover - protocol invariant
             raise RuntimeError(f"decode worker answered task {reply[1]}, expected {task.id}")
         if reply[0] == "err":
+            self._release(task)
             return task.key, reply[3], float(reply[2])
         _, _, seconds, shape, dtype, meta, content_hash, payload = reply
         try:
@@ -334,6 +421,7 @@ class DecodePool:
             else:
                 pixels = pixel_ipc.import_bytes(payload, shape, dtype)
         except MemoryError:
+            self._release(task)
             error = ItemError(
                 "memory_limit",
                 f"{task.path}: the main process ran out of memory receiving the pixels (fix: "
@@ -341,9 +429,11 @@ class DecodePool:
             )
             return task.key, error, float(seconds)
         except OSError as exc:
+            self._release(task)
             error = ItemError("decode_error", f"{task.path}: decoded pixels were lost: {exc}")
             return task.key, error, float(seconds)
-        return task.key, Decoded(pixels=pixels, meta=meta, content_hash=content_hash), float(seconds)
+        decoded = Decoded(pixels=pixels, meta=meta, content_hash=content_hash, reservation=self._settle(task, pixels))
+        return task.key, decoded, float(seconds)
 
     # ----------------------------------------------------------------- failures
 
@@ -353,6 +443,7 @@ class DecodePool:
         elapsed = time.monotonic() - worker.head_since
         self._kill(worker)
         worker.held.popleft()
+        self._release(task)
         error = ItemError(
             "decoder_timeout",
             f"{task.path}: decoding took longer than {self.timeout_s:g} s, so the decoder was "
@@ -371,6 +462,7 @@ class DecodePool:
         outcomes = []
         if charge and worker.held:
             task = worker.held.popleft()
+            self._release(task)
             reason = _describe_exit(worker.process.exitcode)
             error = ItemError(
                 "decoder_crash",
@@ -386,6 +478,9 @@ class DecodePool:
         """Clean up after a stopped worker and put a fresh one in its place."""
         requeue = list(worker.held)
         worker.held.clear()
+        worker.asking = None
+        for task in requeue:  # not started: nothing of theirs is decoded, nothing stays reserved
+            self._release(task)
         for task in reversed(requeue):
             pending.appendleft(task)
         self.requeued += len(requeue)
@@ -402,7 +497,10 @@ class DecodePool:
             if not worker.held:
                 continue
             self._kill(worker)
+            for task in worker.held:
+                self._release(task)
             worker.held.clear()
+            worker.asking = None
             worker.conn.close()
             worker.process.close()
             if self._closed:
@@ -412,18 +510,47 @@ class DecodePool:
 
     # ----------------------------------------------------------------- processes
 
-    def _start_worker(self) -> _Worker:
-        """Start one worker with its own pipe; the test hook is copied in from our environment."""
+    def _start_worker(self, ready: bool = True) -> _Worker:
+        """Start one worker with its own pipe; the test hook is copied in from our environment.
+
+        With ``ready`` (the default), wait until it says it can decode (:meth:`_await_ready`).
+        """
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=worker_main,
-            args=(child_end, self.limits, os.environ.get(ENV_TEST_CRASH_ON), self.ipc_name),
+            args=(child_end, self.limits, os.environ.get(ENV_TEST_CRASH_ON), self.ipc_name, self.budget is not None,
+                  os.getpid()),
             name="imgflow-decode",
             daemon=True,
         )
         process.start()
         child_end.close()  # so the parent sees EOF when the worker dies
-        return _Worker(process=process, conn=parent_end)
+        worker = _Worker(process=process, conn=parent_end)
+        if ready:
+            self._await_ready(worker)
+        return worker
+
+    def _await_ready(self, worker: _Worker) -> None:
+        """Read the worker's first message; one that cannot decode under the memory cap (or dies
+        starting) is a configuration error, raised before any file is charged with it."""
+        limit_s = max(60.0, self.timeout_s)
+        hello: Any = None
+        try:
+            if worker.conn.poll(limit_s):
+                hello = worker.conn.recv()
+        except (EOFError, OSError):
+            hello = None
+        if hello == ("ready",):
+            return
+        self._kill(worker)
+        worker.dead = True
+        if isinstance(hello, tuple) and hello and hello[0] == "unfit":
+            in_use, detail = hello[1], hello[2]
+        else:
+            in_use = None
+            detail = (f"it {_describe_exit(worker.process.exitcode)} as it started" if worker.process.exitcode
+                      is not None else f"it did not start within {limit_s:g} s")
+        raise _unfit_error(self.limits.memory_mb, in_use, detail)
 
     def _kill(self, worker: _Worker) -> None:
         """Make sure the worker process is gone and reaped."""
@@ -434,12 +561,37 @@ class DecodePool:
     def _stop(self, worker: _Worker) -> None:
         """Used by close(): kill if still running, close its pipe."""
         self._kill(worker)
+        for task in worker.held:
+            self._release(task)
         worker.held.clear()
         worker.conn.close()
         try:
             worker.process.close()
         except ValueError:  # pragma: no cover - still running after kill + join
             pass
+
+
+def _over_budget(path: str, cost: DecodeCost, need: int, capacity: int) -> str:
+    """Why an image is refused by the memory budget, and what to change."""
+    mib = 1024 * 1024
+    need_mb, cap_mb = -(-need // mib), capacity // mib
+    shape = cost.shape
+    return (f"{path}: a {shape.width}x{shape.height} image needs about {need_mb:,} MB to decode and "
+            f"process, more than the run's memory budget of {cap_mb:,} MB (fix: raise [run] "
+            f"max_memory_mb to at least {need_mb}, or lower [run] max_pixels so such images are "
+            "refused from their header)")
+
+
+def _unfit_error(cap_mb: int | None, in_use_mb: int | None, detail: str) -> ImgflowError:
+    """The configuration error for a decode worker that cannot work (see ``_await_ready``)."""
+    if cap_mb is None:
+        return ImgflowError(f"a decode worker could not start: {detail} (fix: check free memory and "
+                            "process limits; rerun with IMGFLOW_DEBUG=1 for details)")
+    uses = f" (a worker uses {in_use_mb} MB of address space before it decodes anything)" if in_use_mb else ""
+    floor = max(1024, -(-((in_use_mb or 200) + 256) // 256) * 256)
+    return ConfigError(f"[run] worker_memory_mb = {cap_mb} is too low for a decode worker: {detail}{uses}, "
+                       f"so no image could be decoded (fix: raise worker_memory_mb to {floor} or more, "
+                       "or remove it for the default 4096)")
 
 
 def _describe_exit(exitcode: int | None) -> str:

@@ -63,6 +63,29 @@ def encode_image(
     return _encode_levels(_quantise(rgb, opacity, bit_depth), fmt, int(quality), bit_depth)
 
 
+def encode_uint8(pixels: Any, fmt: str = "png", quality: int = 92, bit_depth: int = 8) -> bytes | None:
+    """Encode 8-bit (C, H, W) pixels (a torch.uint8 tensor, alpha as channel 4) without floats.
+
+    The same bytes :func:`encode_image` writes for the image k/255 (quantising k/255 gives k back
+    exactly, and k x 257 at 16 bits), without its float32 copy. Returns None for what needs
+    arithmetic on the pixels (JPEG with alpha, which is flattened onto white): use encode_image.
+    """
+    import numpy as np
+
+    fmt = resolve_format(fmt, "")
+    if bit_depth not in (8, 16):
+        raise ConfigError(f"[output] bit_depth: expected 8 or 16, got {bit_depth!r}")
+    channels = int(pixels.shape[0])
+    if pixels.ndim != 3 or channels not in (3, 4) or 0 in pixels.shape or (fmt == "jpeg" and channels == 4):
+        return None
+    if fmt in ("jpeg", "webp"):
+        bit_depth = 8
+    hwc = np.ascontiguousarray(pixels.detach().to("cpu").permute(1, 2, 0).numpy())
+    if bit_depth == 16:
+        hwc = hwc.astype(np.uint16) * np.uint16(257)
+    return _encode_levels(hwc, fmt, int(quality), bit_depth)
+
+
 def _encode_levels(pixels: np.ndarray, fmt: str, quality: int, bit_depth: int) -> bytes:
     """(H, W, 3|4) uint8/uint16 levels -> file bytes; equal channels are written as grayscale."""
     has_alpha = pixels.shape[-1] == 4

@@ -50,19 +50,21 @@ def to_array(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
     if mode in ("1", "L", "RGB") and "transparency" in im.info:
         return np.asarray(im.convert("RGBA")), 8  # PNG colour key: that value is transparent
     if mode in ("1", "L"):
-        return _gray3(np.asarray(im.convert("L"))), 8
+        return _in_strips(im, 3, "L" if mode == "1" else None), 8
     if mode in ("LA", "La"):
         la = np.asarray(im if mode == "LA" else im.convert("LA"))
         return np.concatenate([_gray3(la[..., 0]), la[..., 1:2]], axis=2), 8
     if mode == "P":
         target = "RGBA" if im.has_transparency_data else "RGB"
-        return np.asarray(im.convert(target)), 8
+        return _in_strips(im, len(target), target), 8
     if mode in ("PA", "RGBa"):
         return np.asarray(im.convert("RGBA")), 8
     if mode in ("RGB", "RGBA", "CMYK"):
-        return np.asarray(_to_srgb(im, notes)), 8
+        converted = _to_srgb(im, notes)
+        return _in_strips(converted, 4 if converted.mode == "RGBA" else 3,
+                          "RGB" if converted.mode == "CMYK" else None), 8
     if mode in ("RGBX", "YCbCr", "LAB", "HSV"):
-        return np.asarray(im.convert("RGB")), 8
+        return _in_strips(im, 3, "RGB"), 8
     notes.append(f"unusual mode {mode!r} converted to RGB by Pillow")
     return np.asarray(im.convert("RGB")), 8
 
@@ -77,6 +79,40 @@ def _gray16(levels: np.ndarray, key: object) -> np.ndarray:
         return gray
     alpha = np.where(levels == key, 0, 65535).astype(np.uint16)
     return np.concatenate([gray, alpha[..., None]], axis=2)
+
+
+#: Images larger than this (in Pillow's 4 bytes per pixel) are copied out in strips of about it.
+STRIP_BYTES = 8 << 20
+
+
+def bytes_per_pixel(mode: str) -> int:
+    """What Pillow itself holds per pixel for ``mode`` (1/L/P: 1, 16-bit gray: 2, others: 4)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode in GRAY16_MODES else 4
+
+
+def _in_strips(im: Image.Image, channels: int, convert: str | None = None) -> np.ndarray:
+    """The pixels as (H, W, channels) uint8, copied (and converted) a strip of rows at a time.
+
+    ``np.asarray(im)`` makes the packed bytes of the whole image twice over before numpy sees
+    them, and a whole-image ``convert`` a third copy: for a 100-megapixel file that is a gigabyte
+    on top of Pillow's own. Strips keep the extra to a few megabytes. A one-channel strip fills
+    every channel (grayscale to three equal channels).
+    """
+    width, height = im.size
+    if width * height * 4 <= STRIP_BYTES:
+        part = np.asarray(im.convert(convert) if convert else im)
+        return _gray3(part) if part.ndim == 2 else part
+    out = np.empty((height, width, channels), dtype=np.uint8)
+    rows = max(1, STRIP_BYTES // (width * 4))
+    for top in range(0, height, rows):
+        part = im.crop((0, top, width, min(height, top + rows)))
+        if convert:
+            part = part.convert(convert)
+        values = np.asarray(part)
+        out[top : top + values.shape[0]] = values[..., None] if values.ndim == 2 else values
+    return out
 
 
 def _gray3(gray: np.ndarray) -> np.ndarray:

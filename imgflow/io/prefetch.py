@@ -7,7 +7,8 @@ importing torch and loading weights, and never runs further ahead than ``max_byt
 
 A count bound would either starve the stages (big scans) or hold too little while torch and the
 weights load (small photos); a byte bound lets decoding run ahead by a fixed amount of memory,
-whatever the image size and however many files the folder holds.
+whatever the image size and however many files the folder holds. An image larger than the whole
+bound is let in only when the queue is empty: never two of them at once.
 
 This module imports no torch.
 """
@@ -22,14 +23,16 @@ from typing import Any
 
 #: What :meth:`Prefetcher.get` returns once the stream is exhausted.
 END = object()
+#: What :meth:`Prefetcher.get` returns when its timeout passes with nothing to give.
+WAITING = object()
 
 
 class ByteBoundedQueue:
-    """A FIFO bounded by the bytes of the decoded pixels it holds (and at least ``min_items``)."""
+    """A FIFO bounded by the bytes of the decoded pixels it holds; an item larger than the whole
+    bound is let in only when the queue is empty (so the stream always moves)."""
 
-    def __init__(self, max_bytes: int, min_items: int) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.min_items = min_items
         self._items: collections.deque = collections.deque()
         self._bytes = 0
         self._cond = threading.Condition()
@@ -45,7 +48,7 @@ class ByteBoundedQueue:
     def put(self, value: object, timeout: float | None = None) -> None:
         size = self._size(value)
         with self._cond:
-            full = lambda: len(self._items) >= self.min_items and self._bytes + size > self.max_bytes  # noqa: E731
+            full = lambda: bool(self._items) and self._bytes + size > self.max_bytes  # noqa: E731
             if full() and not self._cond.wait_for(lambda: not full(), timeout=timeout):
                 raise queue.Full
             self._items.append((value, size))
@@ -72,10 +75,12 @@ class Prefetcher:
     the thread, whether the stream was finished or not.
     """
 
-    def __init__(self, stream: Callable[[], Iterator[Any]], max_bytes: int, min_items: int,
+    def __init__(self, stream: Callable[[], Iterator[Any]], max_bytes: int, min_items: int | None = None,
                  name: str = "imgflow-feeder") -> None:
+        # ``min_items`` is accepted and ignored: it once let that many images in past the byte
+        # bound (16 decompression bombs, 4.6 GB, for the default batch size).
         self._stream = stream
-        self._queue = ByteBoundedQueue(max_bytes=max_bytes, min_items=min_items)
+        self._queue = ByteBoundedQueue(max_bytes=max_bytes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._feed, name=name, daemon=True)
 
@@ -91,9 +96,15 @@ class Prefetcher:
         """True once the consumer has asked to stop (a stream may check it between items)."""
         return self._stop.is_set()
 
-    def get(self) -> Any:
-        """The next outcome, or :data:`END`; re-raises what the stream raised."""
-        got = self._queue.get()
+    def get(self, timeout: float | None = None) -> Any:
+        """The next outcome, or :data:`END`; re-raises what the stream raised.
+
+        With ``timeout``, :data:`WAITING` when nothing arrived in that many seconds.
+        """
+        try:
+            got = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return WAITING
         if isinstance(got, BaseException):
             raise got
         return got

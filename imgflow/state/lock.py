@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Self
 
 from imgflow.errors import LockBusy
+from imgflow.state.statedir import checked_state_dir
 
 __all__ = ["LOCK_NAME", "LockHolder", "OutputLock", "lock_holder"]
 
@@ -86,9 +87,10 @@ class OutputLock:
         """Take the lock or raise :class:`LockBusy`; see the class docstring for waiting."""
         if self._fd is not None:
             raise RuntimeError(f"the output lock on {self.root} is already held by this object")
+        checked_state_dir(self.root)  # a symlinked .imgflow would move the lock elsewhere
         while True:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
             try:
                 self._take(fd)
                 if not self._still_linked(fd):  # removed by the run we waited for: take a fresh one

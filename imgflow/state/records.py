@@ -27,6 +27,10 @@ class PriorItem:
     fingerprint: str
     status: str
     outputs: list[str]
+    # Why it failed and which run recorded it: a failure caused by a limit re-runs when that
+    # limit changes (imgflow.engine.limits). Left out of equality: they are provenance, not facts.
+    error_code: str | None = field(default=None, compare=False)
+    run_id: str | None = field(default=None, compare=False)
 
 
 @dataclass

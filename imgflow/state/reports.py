@@ -170,6 +170,12 @@ class StoreReports:
         summary["failures_truncated"] = total > len(failures)
         return summary
 
+    def run_options(self, run_id: str) -> dict | None:
+        """The ``options`` a run recorded when it began (None: no such run)."""
+        with self._lock:
+            row = self._conn.execute("SELECT options FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return loads(row[0], {}) if row is not None else None
+
     def export_summary(self, run_id: str, path: Path) -> None:
         """Write :meth:`run_summary` as pretty JSON, atomically."""
         summary = self.run_summary(run_id)

@@ -61,6 +61,7 @@ from imgflow.state.records import (
 )
 from imgflow.state.reports import StoreReports
 from imgflow.state.schema import SCHEMA_VERSION, UPSERT_ITEM, migrate
+from imgflow.state.statedir import checked_state_dir
 
 STATE_DIR = ".imgflow"
 STATE_FILE = "state.sqlite"
@@ -75,13 +76,14 @@ STALE_RUN_MESSAGE = ("the process stopped without closing its run (killed, crash
 def select_prior(conn: sqlite3.Connection, key: str | bytes) -> PriorItem | None:
     """The committed row of ``key`` (see :func:`db_key`) as a PriorItem, or None."""
     found = conn.execute(
-        "SELECT size, mtime_ns, content_hash, fingerprint, status, outputs FROM items WHERE relpath = ?",
+        "SELECT size, mtime_ns, content_hash, fingerprint, status, outputs, error_code, run_id "
+        "FROM items WHERE relpath = ?",
         (key,),
     ).fetchone()
     if found is None:
         return None
-    size, mtime_ns, content_hash, fingerprint, status, outputs = found
-    return PriorItem(size, mtime_ns, content_hash, fingerprint, status, loads(outputs, []))
+    size, mtime_ns, content_hash, fingerprint, status, outputs, error_code, run_id = found
+    return PriorItem(size, mtime_ns, content_hash, fingerprint, status, loads(outputs, []), error_code, run_id)
 
 
 class SnapshotLookup:
@@ -126,6 +128,7 @@ class StateStore(StoreReports):
 
     def _open(self) -> sqlite3.Connection:
         """Open (and for writers create and migrate) the database, with clear errors."""
+        checked_state_dir(self.output_root)  # never a database reached through a symlink
         if self.readonly and not self.path.is_file():
             raise ConfigError(
                 f"no imgflow state in {self.output_root}: has a pipeline written here? "
@@ -232,7 +235,7 @@ class StateStore(StoreReports):
         with self._lock:
             row = self._pending.get(key)
             if row is not None:
-                return PriorItem(row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
+                return PriorItem(row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7], row[12])
             return select_prior(self._conn, key)
 
     def snapshot_lookup(self) -> SnapshotLookup:

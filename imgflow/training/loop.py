@@ -106,16 +106,24 @@ class TrainingRun:
         return f"trained {self._epochs_run} epoch(s): {self._trained_images} training images at {rate:.1f} img/s"
 
     def _train(self, plan: TrainingPlan, epochs: int) -> None:
+        from imgflow.engine.footprint import item_peak_bytes
         from imgflow.engine.plan import decode_limits
         from imgflow.io.decodepool import DecodePool
         from imgflow.io.prefetch import Prefetcher
+        from imgflow.memory import MemoryBudget, budget_mb
 
         run = self.pipeline.run
         start = self.cursor
+        # The memory budget here bounds the decoders and refuses an image that can never fit
+        # (memory_budget); decoded images give their reservation back on arrival, because a
+        # training batch must be complete (a resumed run must see the same batches).
+        budget = MemoryBudget.from_mb(budget_mb(run.max_memory_mb))
+        stages = self.chain.stages
         with DecodePool(workers=run.workers, limits=decode_limits(self.pipeline, self.chain.decode_hint()),
-                        timeout_s=run.decode_timeout_s) as pool:
+                        timeout_s=run.decode_timeout_s, budget=budget, hold=False,
+                        footprint=lambda shape: item_peak_bytes(stages, shape)) as pool:
             prefetch = Prefetcher(lambda: pool.imap(self._tasks(plan, start, epochs)),
-                                  max_bytes=int(run.prefetch_mb * 1024 * 1024), min_items=max(4, self.batch_size * 2))
+                                  max_bytes=int(run.prefetch_mb * 1024 * 1024))
             with prefetch:
                 try:
                     for epoch in range(start.epoch, epochs):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from imgflow.resample import interpolate
+from imgflow_augment.geometry import resize_output_size  # noqa: F401  (part of this module's API)
 
 #: ITU-R BT.601 luma weights (R, G, B), the grayscale used by contrast and saturation.
 LUMA = (0.299, 0.587, 0.114)
@@ -79,27 +80,7 @@ def resize(
     smooth = mode in ("bilinear", "bicubic")
     # imgflow.resample: F.interpolate's antialiasing is wrong for outputs one pixel wide
     out = interpolate(x, size, mode=mode, antialias=antialias and smooth, align_corners=False if smooth else None)
-    return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
-
-
-def resize_output_size(
-    height: int, width: int, size: int | Sequence[int], edge: str = "shorter"
-) -> tuple[int, int]:
-    """The ``(h, w)`` a resize produces.
-
-    A pair is taken as is. An int sets the ``edge`` ("shorter" or "longer") to that many pixels
-    and scales the other edge to keep the aspect ratio (truncating, like torchvision's ``size``
-    and ``max_size`` rules), never below one pixel.
-    """
-    if not isinstance(size, int):
-        h, w = size
-        return int(h), int(w)
-    short, long = (width, height) if width <= height else (height, width)
-    if edge == "shorter":
-        new_short, new_long = size, max(1, int(size * long / short))
-    else:
-        new_short, new_long = max(1, int(size * short / long)), size
-    return (new_long, new_short) if width <= height else (new_short, new_long)
+    return out.clamp_(0.0, 1.0) if mode == "bicubic" and out.is_floating_point() else out  # uint8 saturates
 
 
 def resized_crop(

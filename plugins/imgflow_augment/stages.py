@@ -64,6 +64,11 @@ Size = Annotated[int | tuple[int, int], BeforeValidator(_check_size)]
 Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
+#: Resampling filters run on 8-bit pixels within one level of the float path (torch's uint8
+#: kernels; its uint8 bicubic rounds and clips between passes, up to 26 levels off on noise, and
+#: it has no uint8 area filter): images stay uint8 through these, and go float for the others.
+UINT8_INTERPOLATIONS = ("bilinear", "nearest")
+
 SIZE_HELP = "Output size: [height, width], or one int for a square."
 INTERPOLATION_HELP = "Resampling filter: bilinear, bicubic, nearest or area."
 ANTIALIAS_HELP = "Low-pass filter when shrinking (bilinear and bicubic only), as torchvision does."
@@ -84,11 +89,21 @@ class Augmenter(Stage):
 
     Subclasses set ``random`` (whether ``draw`` is needed), ``geometric`` (whether alpha moves
     with the image) and implement ``transform`` on a stacked ``(N, C, H, W)`` group.
+
+    Geometric ops also work on 8-bit pixels (``works_on_uint8``): an item that still holds them
+    (:class:`imgflow.batch.Item`) is transformed as uint8, alpha included as its fourth channel,
+    and never converted to float32 here. ``uint8_on`` says where an op can do that.
     """
 
     kind: ClassVar[StageKind] = StageKind.AUGMENT
     random: ClassVar[bool] = True
     geometric: ClassVar[bool] = True
+    working_copies: ClassVar[float] = 1.0  # the op's result; inputs are dropped as they go
+
+    def uint8_on(self, device: torch.device) -> bool:
+        """True when ``transform`` can take uint8 pixels on ``device`` (default: what
+        ``works_on_uint8`` says)."""
+        return self.works_on_uint8
 
     def draw(self, gen: torch.Generator, height: int, width: int) -> Any:
         """One item's random parameters for an image of ``height x width`` (None: none needed)."""
@@ -107,46 +122,58 @@ class Augmenter(Stage):
         """
         import torch
 
-        groups: dict[tuple[int, int, bool], list[int]] = {}
+        groups: dict[tuple[int, int, bool, bool], list[int]] = {}
         for i, item in enumerate(items):
-            with_alpha = self.geometric and item.alpha is not None
-            groups.setdefault((*item.image.shape[-2:], with_alpha), []).append(i)
-        for (_, _, with_alpha), idxs in groups.items():
-            planes = [_planes(items[i], with_alpha) for i in idxs]
+            as_uint8 = item.uint8 is not None and self.uint8_on(item.uint8.device)
+            with_alpha = self.geometric and (item.uint8.shape[0] == 4 if as_uint8 else item.alpha is not None)
+            groups.setdefault((*item.size, with_alpha, as_uint8), []).append(i)
+        for (_, _, with_alpha, as_uint8), idxs in groups.items():
+            planes = [_planes(items[i], with_alpha, as_uint8) for i in idxs]
             if planes[0].device.type == "cpu" and len(planes) > 1:
                 # On the CPU stacking only adds a copy of every image (measured: 2.1 s of a
                 # 7.9 s run over 500 photos); batching pays off on a GPU, where it saves launches.
                 for i, plane in zip(idxs, planes, strict=True):
-                    y = self.transform(plane.unsqueeze(0), [params[i]])[0]
-                    items[i].image = y[:3]
-                    if with_alpha:
-                        items[i].alpha = y[3:]
+                    _store(items[i], self.transform(plane.unsqueeze(0), [params[i]])[0], with_alpha, as_uint8)
                 continue
             x = planes[0].unsqueeze(0) if len(planes) == 1 else torch.stack(planes)
             y = self.transform(x, [params[i] for i in idxs]).contiguous()
             for row, i in zip(y, idxs, strict=True):
-                items[i].image = row[:3]
-                if with_alpha:
-                    items[i].alpha = row[3:]
+                _store(items[i], row, with_alpha, as_uint8)
 
     def process(self, batch: Batch) -> Batch:
         """Draw each item's parameters from its own generator, then apply them batched."""
         if self.random:
-            params = [self.draw(item.generator(self.id), *item.image.shape[-2:]) for item in batch]
+            params = [self.draw(item.generator(self.id), *item.size) for item in batch]
         else:
             params = [None] * len(batch)
         self.apply(batch.items, params)
         return batch
 
 
-def _planes(item: Item, with_alpha: bool) -> torch.Tensor:
-    """The item's image, with alpha appended as channel 4 when it must move along."""
+def _planes(item: Item, with_alpha: bool, as_uint8: bool) -> torch.Tensor:
+    """The item's image, with alpha appended as channel 4 when it must move along.
+
+    8-bit pixels already carry their alpha as channel 4.
+    """
     import torch
 
+    if as_uint8:  # only geometric ops take 8-bit pixels: the alpha channel moves along
+        assert item.uint8 is not None
+        return item.uint8
     if with_alpha:
         assert item.alpha is not None
         return torch.cat([item.image, item.alpha.to(item.image.dtype)], dim=0)
     return item.image
+
+
+def _store(item: Item, result: torch.Tensor, with_alpha: bool, as_uint8: bool) -> None:
+    """Put an op's result back: 8-bit pixels whole, or float image and (moved) alpha."""
+    if as_uint8:
+        item.set_uint8(result)
+        return
+    item.image = result[:3]
+    if with_alpha:
+        item.alpha = result[3:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +191,7 @@ class FlipHorizontal(Augmenter):
     description = "Mirror images left-right with probability p."
     reads = ("image", "alpha")
     writes = ("image", "alpha")
+    works_on_uint8 = True
     Params = FlipParams
 
     def draw(self, gen: torch.Generator, height: int, width: int) -> bool:
@@ -226,6 +254,16 @@ class RandomResizedCrop(Augmenter):
     reads = ("image", "alpha")
     writes = ("image", "alpha")
     Params = RandomResizedCropParams
+
+    @property
+    def works_on_uint8(self) -> bool:  # type: ignore[override]
+        return self.params.interpolation in UINT8_INTERPOLATIONS
+
+    def uint8_on(self, device: torch.device) -> bool:
+        return self.works_on_uint8 and device.type == "cpu"  # uint8 resampling is CPU-only
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        return (*_pair(self.params.size), 1)
 
     def draw(self, gen: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
         from imgflow_augment import ops
@@ -318,6 +356,7 @@ class ColorJitter(Augmenter):
     train_only = True  # random: in training runs, never applied to validation batches
     description = "Randomly change brightness, contrast, saturation and hue, in a random order per image."
     geometric = False
+    working_copies = 3.0  # each adjustment makes a temporary or two as large as the image
     Params = ColorJitterParams
 
     def __init__(self, params: Params, context: StageContext) -> None:
@@ -376,6 +415,18 @@ class Resize(Augmenter):
     random = False
     Params = ResizeParams
 
+    @property
+    def works_on_uint8(self) -> bool:  # type: ignore[override]
+        return self.params.interpolation in UINT8_INTERPOLATIONS
+
+    def uint8_on(self, device: torch.device) -> bool:
+        return self.works_on_uint8 and device.type == "cpu"  # uint8 resampling is CPU-only
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        from imgflow_augment.geometry import resize_output_size
+
+        return (*resize_output_size(height, width, self.params.size, self.params.edge), 1)
+
     def decode_hint(self) -> DecodeHint | None:
         """A resize to a known size lets the decoder skip pixels it would throw away."""
         p = self.params
@@ -401,7 +452,11 @@ class CenterCrop(Augmenter):
     reads = ("image", "alpha")
     writes = ("image", "alpha")
     random = False
+    works_on_uint8 = True
     Params = CenterCropParams
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        return (*_pair(self.params.size), 1)
 
     def transform(self, x: torch.Tensor, params: list[None]) -> torch.Tensor:
         from imgflow_augment import ops
@@ -546,6 +601,31 @@ class Augment(Augmenter):
         for op in self._ops:
             op.stage.setup(device)
 
+    @property
+    def working_copies(self) -> float:  # type: ignore[override]
+        return 1.0 + max(op.stage.working_copies for op in self._ops)
+
+    @property
+    def works_on_uint8(self) -> bool:  # type: ignore[override]
+        return all(op.stage.works_on_uint8 for op in self._ops)
+
+    def uint8_on(self, device: torch.device) -> bool:
+        return all(op.stage.uint8_on(device) for op in self._ops)
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """``copies`` images per input, each as large as the ops can leave it.
+
+        An op that always runs (``p = 1``) sets the size; one that may be skipped leaves the
+        larger of its input and output size possible.
+        """
+        for op in self._ops:
+            out_height, out_width, _ = op.stage.output_shape(height, width)
+            if op.p >= 1.0:
+                height, width = out_height, out_width
+            else:
+                height, width = max(height, out_height), max(width, out_width)
+        return height, width, self.params.copies
+
     def process(self, batch: Batch) -> Batch:
         """Fan each item out into ``copies`` derived items and run the ops on them in order.
 
@@ -556,7 +636,9 @@ class Augment(Augmenter):
         from imgflow_augment import ops
 
         copies = [
-            item.derive(item.image, f"_aug{k}", item.alpha)
+            item.derive(None, f"_aug{k}", uint8=item.uint8)
+            if item.uint8 is not None and self.uint8_on(item.uint8.device)
+            else item.derive(item.image, f"_aug{k}", item.alpha)
             for item in batch
             for k in range(self.params.copies)
         ]
@@ -567,7 +649,7 @@ class Augment(Augmenter):
                 continue
             targets = [copies[i] for i in chosen]
             if op.stage.random:
-                params = [op.stage.draw(gens[i], *copies[i].image.shape[-2:]) for i in chosen]
+                params = [op.stage.draw(gens[i], *copies[i].size) for i in chosen]
             else:
                 params = [None] * len(chosen)
             op.stage.apply(targets, params)
