@@ -332,6 +332,10 @@ from imgflow.cli_models import models as _models_group  # noqa: E402 (needs cli 
 
 cli.add_command(_models_group)
 
+from imgflow.cli_report import report as _report_command  # noqa: E402 (needs cli defined)
+
+cli.add_command(_report_command)
+
 
 # ----------------------------------------------------------------- entry point
 

@@ -64,6 +64,7 @@ class OutputSection(_Section):
     bit_depth: Literal[8, 16, "same"] = Field(
         8, description="8, 16 (PNG/TIFF), or 'same' to keep 16-bit inputs 16-bit.")
     manifest: bool = Field(True, description="Write manifest.jsonl and run-summary.json.")
+    report: bool = Field(False, description="Write the HTML run report, report/index.html, after each run.")
 
 
 class RunSection(_Section):
@@ -140,7 +141,7 @@ class Pipeline:
             "imgflow": __version__,
             "seed": self.run.seed,
             "decode_downscale": self.run.decode_downscale,
-            "output": self.output.model_dump(mode="json", exclude={"path", "manifest", "overwrite"}),
+            "output": self.output.model_dump(mode="json", exclude={"path", "manifest", "overwrite", "report"}),
             "stages": [
                 {
                     "use": spec.use,

@@ -232,14 +232,16 @@ class Runner:
         with StateStore(out) as store:
             self._store = store
             run_id = store.begin_run(pipeline=self.pipeline.name, pipeline_path=str(self.pipeline.source),
-                                     fingerprint=fingerprint, options=self._options_doc())
+                                     fingerprint=fingerprint, options=self._options_doc(),
+                                     input_path=str(self.pipeline.input_path),
+                                     pipeline_text=_pipeline_text(self.pipeline.source))
             if getattr(store, "interrupted_runs_found", 0):
                 swept = sweep_temp_files(out)
                 if swept:
                     self.echo(f"imgflow: removed {swept} temporary file(s) left by an interrupted run")
             run_doc = self._run_doc(run_id, fingerprint)
             self._warn_all(call_lifecycle("pipeline_start", run=run_doc))
-            status, exit_code = "error", 2
+            status, exit_code, message = "error", 2, None
             try:
                 if training:
                     from imgflow.training import TrainingRun
@@ -251,21 +253,45 @@ class Runner:
                 exit_code = EXIT_ITEMS_FAILED if self.counts["failed"] else EXIT_OK
                 status = "finished"
             except KeyboardInterrupt:
-                status, exit_code = "interrupted", 130
+                status, exit_code, message = "interrupted", 130, "interrupted (Ctrl-C or SIGINT)"
+                raise
+            except BaseException as exc:
+                message = str(exc) if isinstance(exc, ImgflowError) else f"{type(exc).__name__}: {exc}"
                 raise
             finally:
                 self._teardown()
                 self._close_progress()
-                store.finish_run(run_id, status=status, counts=dict(self.counts), exit_code=exit_code)
+                store.finish_run(run_id, status=status, counts=dict(self.counts), exit_code=exit_code,
+                                 message=message)
                 if self.pipeline.output.manifest:
                     store.export_manifest(out / "manifest.jsonl")
                     store.export_summary(run_id, out / "run-summary.json")
+                if self.pipeline.output.report and status != "interrupted":
+                    self._write_report(out)
                 summary = {"run_id": run_id, "status": status, "exit_code": exit_code,
                            "counts": dict(self.counts), "elapsed_s": round(time.monotonic() - started, 3)}
                 self._warn_all(call_lifecycle("pipeline_finish", run=run_doc, summary=summary))
         return RunResult(run_id=run_id, counts=dict(self.counts), exit_code=exit_code,
                          elapsed_s=time.monotonic() - started, output=out, failures=self.failures,
                          training=self.training_summary)
+
+    def _write_report(self, out: Path) -> None:
+        """The HTML report (``[output] report = true``); a failure is a warning, never the run's."""
+        try:
+            from imgflow.report import write_report
+
+            write_report(out, limits=self._decode_limits_for_report(), workers=self.pipeline.run.workers,
+                         timeout_s=self.pipeline.run.decode_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the run's outputs and records stand regardless
+            self.echo(f"imgflow: warning: the HTML report was not written: {type(exc).__name__}: {exc}")
+
+    def _decode_limits_for_report(self) -> Any:
+        """The run's caps for the report's thumbnails (no downscale hint: thumbnails set their own)."""
+        from imgflow.decode import DecodeLimits
+
+        run = self.pipeline.run
+        return DecodeLimits(max_pixels=run.max_pixels, max_file_bytes=int(run.max_file_mb * 1024 * 1024),
+                            memory_mb=run.worker_memory_mb)
 
     def _options_doc(self) -> dict[str, Any]:
         run = self.pipeline.run
@@ -694,6 +720,14 @@ def _merge_results(items: list[Item]) -> dict[str, Any]:
         return items[0].results
     merged = {item.variant or "_": item.results for item in items if item.results}
     return {"variants": merged} if merged else {}
+
+
+def _pipeline_text(path: Path) -> str | None:
+    """The pipeline file as it is now (the run row keeps it for the report); None if unreadable."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
 
 
 def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,

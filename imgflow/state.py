@@ -46,7 +46,7 @@ from imgflow.errors import ConfigError, ImgflowError
 
 STATE_DIR = ".imgflow"
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 FLUSH_EVERY_RECORDS = 256
 FLUSH_EVERY_SECONDS = 0.5
@@ -55,6 +55,8 @@ SUMMARY_FAILURES_CAP = 1000
 
 ITEM_STATUSES = ("done", "failed")
 RUN_STATUSES = ("running", "finished", "interrupted", "error")
+STALE_RUN_MESSAGE = ("the process stopped without closing its run (killed, crashed or power loss); "
+                     "the next run took over")
 
 
 class StateStoreError(ImgflowError):
@@ -309,7 +311,21 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """What the HTML report shows of a run that the other columns cannot tell.
+
+    ``message``: why a run ended with an error (its exception text) or was interrupted.
+    ``input_path``: the input root it read (a report's "before" thumbnails come from there).
+    ``pipeline_text``: the pipeline file as it was when the run started.
+    """
+    present = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    for column in ("message", "input_path", "pipeline_text"):
+        if column not in present:  # idempotent, like the CREATE ... IF NOT EXISTS steps
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 _ITEM_COLUMNS = (
     "relpath, size, mtime_ns, content_hash, fingerprint, status, outputs, error_code, "
@@ -639,7 +655,8 @@ class StateStore:
     # -- runs --------------------------------------------------------------------------------
 
     def begin_run(
-        self, *, pipeline: str, pipeline_path: str, fingerprint: str, options: dict
+        self, *, pipeline: str, pipeline_path: str, fingerprint: str, options: dict,
+        input_path: str | None = None, pipeline_text: str | None = None,
     ) -> str:
         """Start a run row and return its id.
 
@@ -656,14 +673,14 @@ class StateStore:
             stale = [r for (r,) in conn.execute("SELECT run_id FROM runs WHERE status = 'running'")]
             for old in stale:
                 conn.execute(
-                    "UPDATE runs SET status = 'interrupted', counts = ? WHERE run_id = ?",
-                    (_dumps(self._item_counts(conn, old)), old),
+                    "UPDATE runs SET status = 'interrupted', counts = ?, message = ? WHERE run_id = ?",
+                    (_dumps(self._item_counts(conn, old)), STALE_RUN_MESSAGE, old),
                 )
             self.interrupted_runs_found = len(stale)
             conn.execute(
                 "INSERT INTO runs (run_id, started_at, pipeline, pipeline_path, fingerprint, "
-                "options, imgflow_version, hostname, pid, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                "options, imgflow_version, hostname, pid, status, input_path, pipeline_text) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
                 (
                     run_id,
                     _now_iso(),
@@ -674,6 +691,8 @@ class StateStore:
                     __version__,
                     _text(socket.gethostname()),
                     os.getpid(),
+                    _text(input_path),
+                    _text(pipeline_text),
                 ),
             )
 
@@ -690,17 +709,21 @@ class StateStore:
             counts[status] = n
         return counts
 
-    def finish_run(self, run_id: str, *, status: str, counts: dict, exit_code: int) -> None:
-        """Close a run row (after committing every buffered record)."""
+    def finish_run(self, run_id: str, *, status: str, counts: dict, exit_code: int,
+                   message: str | None = None) -> None:
+        """Close a run row (after committing every buffered record).
+
+        ``message`` says why a run that did not finish normally ended (error text, interrupt).
+        """
         if status not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
         self.flush()
 
         def work(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "UPDATE runs SET finished_at = ?, status = ?, counts = ?, exit_code = ? "
+                "UPDATE runs SET finished_at = ?, status = ?, counts = ?, exit_code = ?, message = ? "
                 "WHERE run_id = ?",
-                (_now_iso(), status, _dumps(counts), int(exit_code), run_id),
+                (_now_iso(), status, _dumps(counts), int(exit_code), _text(message), run_id),
             )
             if cur.rowcount != 1:
                 raise ValueError(f"{self.path}: no run {run_id!r} to finish")
@@ -813,6 +836,7 @@ class StateStore:
                     f"{self.output_root}` for the run ids"
                 )
             summary = _run_row_dict(dict(zip((d[0] for d in cur.description), row)))
+            summary.pop("pipeline_text", None)  # the pipeline file itself; the report shows it
             if summary["counts"] is None:  # still running, or killed before begin_run saw it
                 summary["counts"] = self._item_counts(self._conn, run_id)
             total = self._conn.execute(
@@ -838,6 +862,26 @@ class StateStore:
             Path(path),
             lambda fh: fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n"),
         )
+
+    def iter_runs(self, limit: int | None = None) -> Iterator[dict]:
+        """Every run row (JSON columns decoded), newest first; at most ``limit`` of them.
+
+        A store written before schema 3 and opened read-only has no ``message``,
+        ``input_path`` or ``pipeline_text`` columns: those keys are then None.
+        """
+        self.flush()
+        conn = self._snapshot_connection()
+        try:
+            cur = conn.execute("SELECT * FROM runs ORDER BY started_at DESC, run_id DESC LIMIT ?",
+                               (-1 if limit is None else int(limit),))
+            columns = [d[0] for d in cur.description]
+            for row in cur:
+                run = _run_row_dict(dict(zip(columns, row)))
+                for key in ("message", "input_path", "pipeline_text"):
+                    run.setdefault(key, None)
+                yield run
+        finally:
+            conn.close()
 
     def status_report(self, recent_runs: int = 5, failures: int = 20) -> dict:
         """Counts by status over all items, the latest runs and the latest failures."""

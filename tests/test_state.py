@@ -524,4 +524,4 @@ def test_a_schema_1_store_is_read_as_is_and_upgraded_by_the_next_writer(tmp_path
         store.record_metrics([state.MetricRow("fit", "epoch", 0, 5, "r2", {"loss": 0.5})])
         assert [r["loss"] for r in store.iter_metrics("fit")] == [0.5]
     with raw(tmp_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
