@@ -20,6 +20,7 @@ from imgflow.report.data import (
     MAX_OUTPUTS_SHOWN,
     RunView,
     Stats,
+    compare_mode,
     input_root,
     iter_items,
     most_recent_inputs,
@@ -89,7 +90,7 @@ def write_report(output_root: str | Path, *, limit: int | None = None, limits: A
                 failures.append(item)
             pages.add(item, item_payload(item, cache, referenced))
         generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        pages.finish(stats, {"generated": generated, "latestRun": latest_id})
+        pages.finish(stats, {"generated": generated, "latestRun": latest_id, "compare": compare_mode(latest)})
         if selected is None:
             cache.prune(referenced)
             cache.save_failures(keep=referenced)

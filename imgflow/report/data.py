@@ -59,6 +59,7 @@ class RunView:
     imgflow_version: str
     overrides: dict[str, Any]
     stage_ids: list[str]
+    stage_uses: list[str]
 
     @property
     def duration_s(self) -> float | None:
@@ -99,12 +100,13 @@ def run_view(row: dict[str, Any]) -> RunView:
         input_path=row.get("input_path"), pipeline_text=row.get("pipeline_text"),
         hostname=str(row.get("hostname") or ""), imgflow_version=str(row.get("imgflow_version") or ""),
         overrides=options.get("overrides") if isinstance(options.get("overrides"), dict) else {},
-        stage_ids=stage_ids(row.get("pipeline_text")),
+        stage_ids=[s.get("id") or s["use"] for s in _stages(row.get("pipeline_text"))],
+        stage_uses=[s["use"] for s in _stages(row.get("pipeline_text"))],
     )
 
 
-def stage_ids(pipeline_text: str | None) -> list[str]:
-    """The stage ids a pipeline file declares (id, else use); [] when it cannot be read."""
+def _stages(pipeline_text: str | None) -> list[dict[str, str]]:
+    """The ``[[stages]]`` a pipeline file declares (as text); [] when it cannot be read."""
     if not pipeline_text:
         return []
     try:
@@ -112,7 +114,15 @@ def stage_ids(pipeline_text: str | None) -> list[str]:
     except tomllib.TOMLDecodeError:
         return []
     stages = data.get("stages") if isinstance(data.get("stages"), list) else []
-    return [str(s.get("id") or s.get("use")) for s in stages if isinstance(s, dict) and (s.get("id") or s.get("use"))]
+    return [{"use": str(s["use"]), **({"id": str(s["id"])} if s.get("id") else {})}
+            for s in stages if isinstance(s, dict) and s.get("use")]
+
+
+def compare_mode(run: RunView | None) -> str:
+    """How the page first pairs an input with its output: a slider where the output is the same
+    picture repainted (colorize, style), side by side otherwise (crops, variants, annotations)."""
+    repaints = run is not None and any(u == "colorize" or u.startswith("style.") for u in run.stage_uses)
+    return "slider" if repaints else "side"
 
 
 def input_root(run: RunView) -> Path | None:

@@ -266,6 +266,7 @@
 
   function start() {
     var ix = state.index;
+    if (ix.compare === "slider" || ix.compare === "side") $("f-compare").value = ix.compare;
     fillSelect("f-code", ix.codes.map(function (c, i) { return [String(i), c]; }));
     fillSelect("f-step", ix.steps.map(function (s, i) { return [String(i), s]; }));
     fillSelect("f-folder", ix.folders.map(function (f, i) {
