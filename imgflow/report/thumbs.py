@@ -19,7 +19,9 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,22 +136,40 @@ class ThumbnailCache:
             yield from jobs
 
         report_root = self.output_root / REPORT_DIR
-        with DecodePool(workers=workers, limits=limits, timeout_s=timeout_s) as pool:
+
+        def write(key: str, pixels: Any) -> None:
+            atomic_write(report_root, thumb_relpath(key), thumbnail_bytes(pixels))
+
+        def settle(key: str, future: Future) -> None:
+            exc = future.exception()
+            if exc is None:
+                self.existing.add(key)
+                result.made += 1
+                return
+            if not isinstance(exc, (ItemError, OSError, ValueError)):
+                raise exc
+            self._fail(key, f"write_error: {getattr(exc, 'message', exc)}", result)
+
+        # Shrinking, encoding and the fsyncs of atomic_write run in threads (Pillow and fsync
+        # release the GIL), at most 2 x workers at a time, while the pool decodes the next ones.
+        in_flight: deque[tuple[str, Future]] = deque()
+        with DecodePool(workers=workers, limits=limits, timeout_s=timeout_s) as pool, \
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgflow-thumbs") as writers:
             for key, outcome, _seconds in pool.imap_unordered(all_jobs()):
                 if isinstance(outcome, ItemError):
-                    reason = f"{outcome.code}: {outcome.message}"
-                else:
-                    try:
-                        atomic_write(report_root, thumb_relpath(key), thumbnail_bytes(outcome.pixels))
-                        self.existing.add(key)
-                        result.made += 1
-                        continue
-                    except (ItemError, OSError, ValueError) as exc:
-                        reason = f"write_error: {getattr(exc, 'message', exc)}"
-                self.failed[key] = reason
-                result.failures[key] = reason
-                result.failed += 1
+                    self._fail(key, f"{outcome.code}: {outcome.message}", result)
+                    continue
+                in_flight.append((key, writers.submit(write, key, outcome.pixels)))
+                while len(in_flight) > 2 * workers or (in_flight and in_flight[0][1].done()):
+                    settle(*in_flight.popleft())
+            while in_flight:
+                settle(*in_flight.popleft())
         return result
+
+    def _fail(self, key: str, reason: str, result: ThumbResult) -> None:
+        self.failed[key] = reason
+        result.failures[key] = reason
+        result.failed += 1
 
     def save_failures(self, keep: set[str] | None) -> None:
         """Write ``failed.json`` (only the keys in ``keep``, when given), if it changed."""
