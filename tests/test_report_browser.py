@@ -65,7 +65,7 @@ def test_the_report_renders_filters_and_pages_in_chromium(report_dir: Path, tmp_
             page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
             page.goto(url)
             rows = page.locator("#items-table tbody tr")
-            page.wait_for_function("document.querySelectorAll('#items-table tbody tr').length === 12")
+            page.wait_for_function("() => document.querySelectorAll('#items-table tbody tr').length === 12")
             assert page.inner_text("#items-summary") == "Items 1–12 of 12"
             page.wait_for_load_state("networkidle")
             loaded = page.eval_on_selector_all("img.thumb", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
@@ -76,22 +76,22 @@ def test_the_report_renders_filters_and_pages_in_chromium(report_dir: Path, tmp_
 
             # a filter: the failed item only, its hostile name shown as text
             page.select_option("#f-status", "f")
-            page.wait_for_function("document.querySelectorAll('#items-table tbody tr').length === 1")
+            page.wait_for_function("() => document.querySelectorAll('#items-table tbody tr').length === 1")
             assert rows.first.locator(".path").inner_text() == f"new/{HOSTILE_FAILED}"
             assert rows.first.locator(".code").inner_text() == "decode_error"
             page.select_option("#f-status", "s")
-            page.wait_for_function("document.querySelectorAll('#items-table tbody tr').length === 4")
+            page.wait_for_function("() => document.querySelectorAll('#items-table tbody tr').length === 4")
             page.select_option("#f-status", "")
             page.select_option("#f-folder", label="new/ (8)")
-            page.wait_for_function("document.querySelectorAll('#items-table tbody tr').length === 8")
+            page.wait_for_function("() => document.querySelectorAll('#items-table tbody tr').length === 8")
             assert f"new/{HOSTILE_DONE}" in rows.all_inner_texts()[0]
 
             # pages of 10 rows: page 2 holds the last 2 items of the folder filter's complement
             page.select_option("#f-folder", "")
             page.select_option("#f-size", "10")
-            page.wait_for_function("document.querySelectorAll('#items-table tbody tr').length === 10")
+            page.wait_for_function("() => document.querySelectorAll('#items-table tbody tr').length === 10")
             page.click("#pager button:has-text('2')")
-            page.wait_for_function("document.querySelectorAll('#items-table tbody tr').length === 2")
+            page.wait_for_function("() => document.querySelectorAll('#items-table tbody tr').length === 2")
             assert page.inner_text("#items-summary") == "Items 11–12 of 12"
 
             # the before/after slider moves the boundary

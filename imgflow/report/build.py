@@ -29,7 +29,7 @@ from imgflow.report.data import (
 from imgflow.report.files import report_lock
 from imgflow.report.links import REPORT_DIR, is_safe_relpath
 from imgflow.report.pages import PageWriter, item_payload
-from imgflow.report.thumbs import ThumbnailCache, ThumbResult, input_key, output_key
+from imgflow.report.thumbs import ThumbnailCache, ThumbnailMaker, input_key, output_key
 
 MAX_RUNS_SHOWN = 200
 MAX_FAILURES_SHOWN = 100
@@ -59,7 +59,7 @@ def write_report(output_root: str | Path, *, limit: int | None = None, limits: A
     ``limit``: only the ``limit`` most recently recorded items (thumbnails of the others are
     kept). ``limits``: the :class:`~imgflow.decode.DecodeLimits` thumbnails are decoded under
     (the run's, when a run writes its report). ``thumbnails=False`` writes the pages with the
-    thumbnails that already exist and makes none (benchmarks measure the two parts apart).
+    thumbnails that already exist and makes none.
     """
     from imgflow.decode import DecodeLimits
     from imgflow.state import StateStore
@@ -74,23 +74,25 @@ def write_report(output_root: str | Path, *, limit: int | None = None, limits: A
         stages_of_run = {r.run_id: r.stage_ids for r in runs}
         roots = {r.run_id: input_root(r) for r in runs}
         selected = most_recent_inputs(store, limit) if limit is not None else None
-        latest_id = latest.run_id if latest else None
         cache = ThumbnailCache(root)
-        made = ThumbResult()
-        if thumbnails:
-            jobs = _thumbnail_jobs(iter_items(store, latest_id, stages_of_run, selected), roots, cache, root)
-            made = cache.make(jobs, limits or DecodeLimits(), workers or min(4, os.cpu_count() or 1), timeout_s)
         stats = Stats()
         referenced: set[str] = set()
         failures: list[Any] = []
         pages = PageWriter(root / REPORT_DIR)
-        for item in iter_items(store, latest_id, stages_of_run, selected):
-            stats.add(item)
-            if item.status == "f" and len(failures) < MAX_FAILURES_SHOWN:
-                failures.append(item)
-            pages.add(item, item_payload(item, cache, referenced))
+        maker = ThumbnailMaker(cache, limits or DecodeLimits(), workers or min(4, os.cpu_count() or 1), timeout_s)
+        with maker:
+            items = iter_items(store, latest.run_id if latest else None, stages_of_run, selected)
+            for batch in _batches(items, pages.chunk_size):
+                if thumbnails:  # this page's thumbnails first, so the page links only files that exist
+                    maker.make(list(_thumbnail_jobs(batch, roots, cache, root)))
+                for item in batch:
+                    stats.add(item)
+                    if item.status == "f" and len(failures) < MAX_FAILURES_SHOWN:
+                        failures.append(item)
+                    pages.add(item, item_payload(item, cache, referenced))
         generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        pages.finish(stats, {"generated": generated, "latestRun": latest_id, "compare": compare_mode(latest)})
+        pages.finish(stats, {"generated": generated, "latestRun": latest.run_id if latest else None,
+                             "compare": compare_mode(latest)})
         if selected is None:
             cache.prune(referenced)
             cache.save_failures(keep=referenced)
@@ -106,8 +108,20 @@ def write_report(output_root: str | Path, *, limit: int | None = None, limits: A
             training_files=training_files(root), limit=limit, pipeline_text=_pipeline_text(latest),
         )
         path = write_html(root / REPORT_DIR, context)
+    made = maker.result
     return ReportResult(path=path, items=stats.total, thumbs_made=made.made, thumbs_failed=made.failed,
                         seconds=time.perf_counter() - started, thumb_failures=made.failures)
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _pipeline_text(run: RunView | None) -> tuple[str | None, str]:
@@ -123,29 +137,30 @@ def _pipeline_text(run: RunView | None) -> tuple[str | None, str]:
         return None, "not recorded, and no longer readable"
 
 
-def _thumbnail_jobs(items: Iterator[Any], roots: dict[str, Path | None], cache: ThumbnailCache,
-                    output_root: Path) -> Iterator[tuple[str, Path]]:
+def _thumbnail_jobs(items: list[Any], roots: dict[str, Path | None], cache: ThumbnailCache,
+                    output_root: Path) -> Iterator[tuple[str, str]]:
     """(key, file) for every thumbnail the report shows that is neither made nor known to fail."""
     for item in items:
         base = roots.get(item.run_id)
         if base is not None and item.decodable and is_safe_relpath(item.relpath):
             key = input_key(item.relpath, item.size, item.mtime_ns)
             if cache.wanted(key):
-                path = base / item.relpath
+                path = os.path.join(base, item.relpath)
                 if _unchanged(path, item.size, item.mtime_ns):
                     yield key, path
         for out in item.outputs[:MAX_OUTPUTS_SHOWN]:
             if out.is_image and out.href is not None:
                 key = output_key(out.relpath, item.updated_at)
-                path = output_root / out.relpath
-                if cache.wanted(key) and path.is_file():
-                    yield key, path
+                if cache.wanted(key):
+                    path = os.path.join(output_root, out.relpath)
+                    if os.path.isfile(path):
+                        yield key, path
 
 
-def _unchanged(path: Path, size: int, mtime_ns: int) -> bool:
+def _unchanged(path: str, size: int, mtime_ns: int) -> bool:
     """The input is still the file its record describes (else its "before" would be wrong)."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return False
     return st.st_size == size and st.st_mtime_ns == mtime_ns

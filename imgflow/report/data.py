@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from imgflow.report.links import href_from_report, is_safe_relpath
@@ -193,8 +194,7 @@ class ItemView:
 
     @property
     def folder(self) -> str:
-        parent = PurePosixPath(self.relpath).parent
-        return "" if str(parent) == "." else str(parent)
+        return self.relpath.rpartition("/")[0]
 
     @property
     def decodable(self) -> bool:
@@ -222,7 +222,7 @@ def item_view(position: int, record: dict[str, Any], latest_run_id: str | None,
     status = "f" if record.get("status") == "failed" else ("d" if record.get("run_id") == latest_run_id else "s")
     code = error.get("code") if status == "f" else None
     outputs = [OutputView(rel, href_from_report(rel) if is_safe_relpath(rel) else None,
-                          PurePosixPath(rel).suffix.lower() in IMAGE_SUFFIXES)
+                          os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES)
                for rel in record.get("outputs") or [] if isinstance(rel, str)]
     results = record.get("results") if isinstance(record.get("results"), dict) else {}
     return ItemView(
@@ -387,8 +387,7 @@ class Stats:
                 ranges[-1][1] += 1
             else:
                 ranges.append([item.position, item.position + 1])
-            parent = str(PurePosixPath(folder).parent)
-            folder = "" if parent == "." else parent
+            folder = folder.rpartition("/")[0]
 
     def timing_table(self) -> list[TimingStats]:
         return [s for s in (timing_stats(step, self.timings[step]) for step, _ in TIMING_STEPS) if s is not None]

@@ -9,7 +9,6 @@ attribute break, and a path that would climb out of the output root is never lin
 from __future__ import annotations
 
 import os
-from pathlib import PurePosixPath
 from urllib.parse import quote
 
 REPORT_DIR = "report"
@@ -19,7 +18,7 @@ def is_safe_relpath(relpath: str) -> bool:
     """A relative POSIX path with no ``..``, no NUL and no drive or root: it stays inside."""
     if not relpath or "\x00" in relpath or "\\" in relpath or relpath.startswith("/"):
         return False
-    parts = PurePosixPath(relpath).parts
+    parts = [p for p in relpath.split("/") if p not in ("", ".")]
     return bool(parts) and ".." not in parts and not parts[0].endswith(":")
 
 

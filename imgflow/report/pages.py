@@ -74,6 +74,7 @@ class PageWriter:
 
     def __init__(self, report_root: Path) -> None:
         self.report_root = Path(report_root)
+        self.chunk_size = CHUNK  # read once, so one report never mixes two sizes
         self._buffer: list[dict[str, Any]] = []
         self._chunks = 0
         self._status: list[str] = []
@@ -86,7 +87,7 @@ class PageWriter:
         if item.status == "f":
             self._failures.append((item.position, item.code, item.step))
         self._buffer.append(payload)
-        if len(self._buffer) >= CHUNK:
+        if len(self._buffer) >= self.chunk_size:
             self._flush()
 
     def _flush(self) -> None:
@@ -109,7 +110,7 @@ class PageWriter:
         index = {
             "version": FORMAT_VERSION,
             "total": len(self._status),
-            "chunk": CHUNK,
+            "chunk": self.chunk_size,
             "chunks": self._chunks,
             "status": "".join(self._status),
             "codes": codes,

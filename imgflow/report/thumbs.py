@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,61 +112,7 @@ class ThumbnailCache:
         """True when the thumbnail is neither made nor known to fail."""
         return key not in self.existing and key not in self.failed
 
-    def make(self, jobs: Iterable[tuple[str, Path]], limits: Any, workers: int, timeout_s: float) -> ThumbResult:
-        """Decode each ``(key, path)`` in the worker pool and write its thumbnail.
-
-        ``limits`` are the run's :class:`~imgflow.decode.DecodeLimits` (a DCT-scaling hint for
-        the thumbnail size is added). The pool starts only if there is at least one job.
-        """
-        from imgflow.encode import atomic_write
-        from imgflow.errors import ItemError
-
-        result = ThumbResult()
-        jobs = iter(jobs)
-        first = next(jobs, None)
-        if first is None:
-            return result
-        from imgflow.decodepool import DecodePool
-        from imgflow.stage import DecodeHint
-
-        limits = dataclasses.replace(limits, hint=DecodeHint(edge="longer", size=THUMB_SIZE))
-
-        def all_jobs() -> Iterator[tuple[str, Path]]:
-            yield first
-            yield from jobs
-
-        report_root = self.output_root / REPORT_DIR
-
-        def write(key: str, pixels: Any) -> None:
-            atomic_write(report_root, thumb_relpath(key), thumbnail_bytes(pixels))
-
-        def settle(key: str, future: Future) -> None:
-            exc = future.exception()
-            if exc is None:
-                self.existing.add(key)
-                result.made += 1
-                return
-            if not isinstance(exc, (ItemError, OSError, ValueError)):
-                raise exc
-            self._fail(key, f"write_error: {getattr(exc, 'message', exc)}", result)
-
-        # Shrinking, encoding and the fsyncs of atomic_write run in threads (Pillow and fsync
-        # release the GIL), at most 2 x workers at a time, while the pool decodes the next ones.
-        in_flight: deque[tuple[str, Future]] = deque()
-        with DecodePool(workers=workers, limits=limits, timeout_s=timeout_s) as pool, \
-                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgflow-thumbs") as writers:
-            for key, outcome, _seconds in pool.imap_unordered(all_jobs()):
-                if isinstance(outcome, ItemError):
-                    self._fail(key, f"{outcome.code}: {outcome.message}", result)
-                    continue
-                in_flight.append((key, writers.submit(write, key, outcome.pixels)))
-                while len(in_flight) > 2 * workers or (in_flight and in_flight[0][1].done()):
-                    settle(*in_flight.popleft())
-            while in_flight:
-                settle(*in_flight.popleft())
-        return result
-
-    def _fail(self, key: str, reason: str, result: ThumbResult) -> None:
+    def fail(self, key: str, reason: str, result: ThumbResult) -> None:
         self.failed[key] = reason
         result.failures[key] = reason
         result.failed += 1
@@ -193,3 +139,76 @@ class ThumbnailCache:
                 pass
             self.existing.discard(key)
         return removed
+
+
+class ThumbnailMaker:
+    """Makes thumbnails for a cache, batch after batch, with one decode pool for all batches.
+
+    The pool (``limits``: the run's :class:`~imgflow.decode.DecodeLimits`, plus a DCT-scaling
+    hint for the thumbnail size) starts on the first batch that has work, so a report with
+    nothing new starts no process. Shrinking, encoding and the fsyncs of ``atomic_write`` run
+    in threads (Pillow and fsync release the GIL) while the pool decodes the next files.
+    """
+
+    def __init__(self, cache: ThumbnailCache, limits: Any, workers: int, timeout_s: float) -> None:
+        self.cache = cache
+        self.limits = limits
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.result = ThumbResult()
+        self._pool: Any = None
+        self._writers: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> ThumbnailMaker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writers is not None:
+            self._writers.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.close()
+
+    def _start(self) -> None:
+        from imgflow.decodepool import DecodePool
+        from imgflow.stage import DecodeHint
+
+        limits = dataclasses.replace(self.limits, hint=DecodeHint(edge="longer", size=THUMB_SIZE))
+        self._pool = DecodePool(workers=self.workers, limits=limits, timeout_s=self.timeout_s)
+        self._writers = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imgflow-thumbs")
+
+    def make(self, jobs: list[tuple[str, Path]]) -> None:
+        """Decode each ``(key, path)`` and write its thumbnail; failures are remembered."""
+        from imgflow.errors import ItemError
+
+        if not jobs:
+            return
+        if self._pool is None:
+            self._start()
+        assert self._writers is not None
+        in_flight: deque[tuple[str, Future]] = deque()
+        for key, outcome, _seconds in self._pool.imap_unordered(jobs):
+            if isinstance(outcome, ItemError):
+                self.cache.fail(key, f"{outcome.code}: {outcome.message}", self.result)
+                continue
+            in_flight.append((key, self._writers.submit(self._write, key, outcome.pixels)))
+            while len(in_flight) > 2 * self.workers or (in_flight and in_flight[0][1].done()):
+                self._settle(*in_flight.popleft())
+        while in_flight:
+            self._settle(*in_flight.popleft())
+
+    def _write(self, key: str, pixels: Any) -> None:
+        from imgflow.encode import atomic_write
+
+        atomic_write(self.cache.output_root / REPORT_DIR, thumb_relpath(key), thumbnail_bytes(pixels))
+
+    def _settle(self, key: str, future: Future) -> None:
+        from imgflow.errors import ItemError
+
+        exc = future.exception()
+        if exc is None:
+            self.cache.existing.add(key)
+            self.result.made += 1
+        elif isinstance(exc, (ItemError, OSError, ValueError)):
+            self.cache.fail(key, f"write_error: {getattr(exc, 'message', exc)}", self.result)
+        else:
+            raise exc
