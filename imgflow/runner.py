@@ -281,7 +281,7 @@ class Runner:
             from imgflow.report import write_report
 
             write_report(out, limits=self._decode_limits_for_report(), workers=self.pipeline.run.workers,
-                         timeout_s=self.pipeline.run.decode_timeout_s)
+                         timeout_s=self.pipeline.run.decode_timeout_s, reuse=True)
         except Exception as exc:  # noqa: BLE001 - the run's outputs and records stand regardless
             self.echo(f"imgflow: warning: the HTML report was not written: {type(exc).__name__}: {exc}")
 

@@ -863,6 +863,17 @@ class StateStore:
             lambda fh: fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n"),
         )
 
+    def items_marker(self) -> tuple[int, str | None]:
+        """(number of items, latest ``updated_at``): changes whenever any item is recorded.
+
+        Every record stamps ``updated_at`` and items are never deleted, so an unchanged marker
+        means unchanged items; the HTML report uses it to skip re-reading them.
+        """
+        self.flush()
+        with self._lock:
+            count, latest = self._conn.execute("SELECT COUNT(*), MAX(updated_at) FROM items").fetchone()
+        return int(count), latest
+
     def iter_runs(self, limit: int | None = None) -> Iterator[dict]:
         """Every run row (JSON columns decoded), newest first; at most ``limit`` of them.
 

@@ -44,13 +44,15 @@ def index_of(out: Path) -> dict:
 
 
 def all_items(out: Path) -> list[dict]:
+    """Every item of the data files, with its status letter from the index (as the page does)."""
     index = index_of(out)
     items = []
     for number in range(index["chunks"]):
         chunk_number, chunk = read_js_call(out / "report" / "data" / f"items-{number:05d}.js")
         assert chunk_number == number
         items.extend(chunk)
-    return items
+    assert len(items) == index["total"] == len(index["status"])
+    return [{**item, "s": letter} for item, letter in zip(items, index["status"], strict=True)]
 
 
 # ------------------------------------------------------------------------------ what it shows
@@ -94,7 +96,7 @@ def test_every_thumbnail_is_a_small_jpeg_of_its_image(output: Path) -> None:
             assert after.size == (40, 30)  # resize: longer edge 40
     source = Image.open(output.parent / "in" / "img0002.jpg").convert("RGB")
     thumb = Image.open(report / {i["p"]: i for i in items}["img0002.jpg"]["i"]).convert("RGB")
-    difference = sum(abs(a - b) for a, b in zip(source.tobytes(), thumb.tobytes())) / len(source.tobytes())
+    difference = sum(abs(a - b) for a, b in zip(source.tobytes(), thumb.tobytes(), strict=True)) / len(source.tobytes())
     assert difference < 12  # the same picture, re-encoded
 
 
@@ -105,7 +107,7 @@ def test_names_and_messages_are_escaped_and_links_stay_inside(output: Path) -> N
     scripts = re.findall(r"<script[^>]*>", page)
     assert scripts == ['<script src="assets/report.js">']  # no inline script at all
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
-    for attr, target in re.findall(r'(href|src)="([^"]+)"', page):
+    for _attr, target in re.findall(r'(href|src)="([^"]+)"', page):
         if target.startswith("#"):
             continue
         resolved = (output / "report" / unquote(target)).resolve()
@@ -172,7 +174,8 @@ def test_items_are_paged_in_chunks_and_stale_chunks_go(output: Path, tmp_path: P
     assert all_items(out) == whole  # the same rows, cut differently
     monkeypatch.setattr(pages, "CHUNK", 200)
     write_report(out)
-    assert sorted(p.name for p in (out / "report" / "data").iterdir()) == ["index.js", "items-00000.js"]
+    assert sorted(p.name for p in (out / "report" / "data").iterdir()) == ["index.js", "items-00000.js",
+                                                                           "summary.json"]
 
 
 def test_thumbnails_are_made_once_and_follow_changes(output: Path, tmp_path: Path) -> None:
@@ -193,6 +196,26 @@ def test_thumbnails_are_made_once_and_follow_changes(output: Path, tmp_path: Pat
     assert len(after) == 22 and len(before - after) == 2
     item = {i["p"]: i for i in all_items(out)}["img0001.jpg"]
     assert Image.open(out / "report" / item["i"]).size == (50, 30)
+
+
+def test_a_rerun_that_records_nothing_reuses_the_item_pages(output: Path, tmp_path: Path) -> None:
+    from imgflow.pipeline import load_pipeline
+    from imgflow.runner import RunOptions, run_pipeline
+
+    out = copy_of(output, tmp_path)
+    chunk = out / "report" / "data" / "items-00000.js"
+    stamp = chunk.stat().st_mtime_ns
+    result = run_pipeline(load_pipeline(out.parent / "p.toml"), RunOptions(progress=False), echo=lambda m: None)
+    assert result.counts == {"done": 0, "failed": 0, "skipped": 12}
+    reused = index_of(out)
+    assert sorted(reused["status"]) == sorted("s" * 11 + "f")  # every done item: skipped by this run
+    assert chunk.stat().st_mtime_ns == stamp  # the item pages were not rewritten
+    page = (out / "report" / "index.html").read_text()
+    assert len(re.findall(r'<tr class="(?:ok|bad)"', page)) == 3
+    assert re.search(r'id="count-skipped">11<', page) and re.search(r'id="count-done">0<', page)
+    write_report(out)  # reading every item again gives the same page data
+    assert index_of(out) == {**reused, "generated": index_of(out)["generated"]}
+    assert chunk.stat().st_mtime_ns == stamp
 
 
 def test_a_thumbnail_that_crashes_the_decoder_fails_alone_and_is_not_retried(

@@ -104,7 +104,7 @@ def line_chart(title: str, xs: Sequence[float], columns: dict[str, Sequence[floa
 
     series = []
     for i, (name, values) in enumerate(columns.items()):
-        points = [(px(x), py(v)) for x, v in zip(xs, values) if v is not None and math.isfinite(v)]
+        points = [(px(x), py(v)) for x, v in zip(xs, values, strict=True) if v is not None and math.isfinite(v)]
         if not points:
             continue
         last = next(v for v in reversed(values) if v is not None and math.isfinite(v))

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from imgflow.report.links import href_from_report, is_safe_relpath
+from imgflow.report.links import safe_href
 
 #: Reason codes that mean the file never became pixels.
 DECODE_CODES = frozenset({"unreadable", "file_too_large", "unsupported_format", "decode_error",
@@ -221,8 +221,7 @@ def item_view(position: int, record: dict[str, Any], latest_run_id: str | None,
     error = record.get("error") or {}
     status = "f" if record.get("status") == "failed" else ("d" if record.get("run_id") == latest_run_id else "s")
     code = error.get("code") if status == "f" else None
-    outputs = [OutputView(rel, href_from_report(rel) if is_safe_relpath(rel) else None,
-                          os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES)
+    outputs = [OutputView(rel, safe_href(rel), os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES)
                for rel in record.get("outputs") or [] if isinstance(rel, str)]
     results = record.get("results") if isinstance(record.get("results"), dict) else {}
     return ItemView(
@@ -290,7 +289,7 @@ def boxes(results: dict[str, Any]) -> list[list[Any]]:
             box = det.get("box") if isinstance(det, dict) else None
             if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
                 continue
-            x1, y1, x2, y2 = (min(max(v / s, 0.0), 1.0) for v, s in zip(box, (width, height, width, height)))
+            x1, y1, x2, y2 = (min(max(v / s, 0.0), 1.0) for v, s in zip(box, (width, height, width, height), strict=True))
             score = det.get("score")
             label = f"{det.get('label')} {score:.2f}" if isinstance(score, (int, float)) else str(det.get("label"))
             found.append([round(x1, 4), round(y1, 4), round(x2, 4), round(y2, 4), label])
@@ -340,11 +339,9 @@ def _log_histogram(values: list[float], bins: int) -> list[tuple[float, float, i
     if high <= low * 1.0001:
         return [(low, high, len(values))]
     edges = [low * (high / low) ** (i / bins) for i in range(bins + 1)]
-    counts = [0] * bins
-    zeros = len(values) - len(positive)
-    for v in positive:
-        counts[min(bins - 1, max(0, bisect.bisect_right(edges, v) - 1))] += 1
-    counts[0] += zeros
+    cuts = [0] + [bisect.bisect_left(positive, e) for e in edges[1:-1]] + [len(positive)]  # sorted input
+    counts = [cuts[i + 1] - cuts[i] for i in range(bins)]
+    counts[0] += len(values) - len(positive)
     return [(edges[i], edges[i + 1], counts[i]) for i in range(bins)]
 
 
@@ -391,6 +388,68 @@ class Stats:
 
     def timing_table(self) -> list[TimingStats]:
         return [s for s in (timing_stats(step, self.timings[step]) for step, _ in TIMING_STEPS) if s is not None]
+
+    def summary(self, latest_run: str | None, failures: list[ItemView], facets: dict[str, Any]) -> ItemsSummary:
+        """What the page keeps of these statistics (the raw timings are reduced to percentiles)."""
+        return ItemsSummary(
+            latest_run=latest_run, total=self.total, by_status={k: self.by_status[k] for k in STATUS_LABELS},
+            codes=[(code, n, self.example_message.get(code, "")) for code, n in self.by_code.most_common()],
+            failed_by_run={run: dict(codes) for run, codes in self.failed_by_run.items()},
+            fingerprints=self.by_fingerprint.most_common(), timing=self.timing_table(),
+            failures=[FailureRow(i.relpath, i.code, i.step, i.message, i.updated_at) for i in failures],
+            facets=facets)
+
+
+@dataclass
+class FailureRow:
+    """A failed item as the failures table shows it."""
+
+    relpath: str
+    code: str | None
+    step: str | None
+    message: str | None
+    updated_at: str
+
+
+@dataclass
+class ItemsSummary:
+    """What the page shows about the items as a whole, kept in ``report/data/summary.json``.
+
+    A run's report over items that did not change since the last report (a cron rerun that
+    skipped everything) reuses it instead of reading every item again: only the runs, and which
+    items count as "skipped" by the newest run, can differ, and :meth:`relabel` does the latter.
+    """
+
+    latest_run: str | None
+    total: int
+    by_status: dict[str, int]
+    codes: list[tuple[str, int, str]]  # reason code, items, an example message
+    failed_by_run: dict[str, dict[str, int]]
+    fingerprints: list[tuple[str, int]]
+    timing: list[TimingStats]
+    failures: list[FailureRow]  # the first ones, in input-path order
+    facets: dict[str, Any]  # data/index.js: a status letter per item, failures, folders
+
+    def relabel(self, latest_run: str | None) -> None:
+        """A newer run that recorded no item skipped every item the previous latest run did."""
+        if latest_run == self.latest_run:
+            return
+        self.facets["status"] = self.facets["status"].replace("d", "s")
+        self.by_status = {"d": 0, "s": self.by_status["s"] + self.by_status["d"], "f": self.by_status["f"]}
+        self.latest_run = latest_run
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ItemsSummary:
+        return cls(**{**data, "codes": [tuple(c) for c in data["codes"]],
+                      "fingerprints": [tuple(f) for f in data["fingerprints"]],
+                      "timing": [TimingStats(**{**t, "histogram": [tuple(h) for h in t["histogram"]]})
+                                 for t in data["timing"]],
+                      "failures": [FailureRow(**f) for f in data["failures"]]})
 
 
 def iter_items(store: Any, latest_run_id: str | None, stages_of_run: dict[str, list[str]],

@@ -9,9 +9,11 @@ attribute break, and a path that would climb out of the output root is never lin
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import quote
 
 REPORT_DIR = "report"
+_PLAIN = re.compile(r"[A-Za-z0-9._~/-]+")  # needs no percent-encoding (the usual case, fast)
 
 
 def is_safe_relpath(relpath: str) -> bool:
@@ -29,6 +31,16 @@ def quote_relpath(relpath: str) -> str:
 
 def href_from_report(relpath: str) -> str:
     """The link from ``report/index.html`` to the output root's ``relpath``."""
-    if not is_safe_relpath(relpath):
+    href = safe_href(relpath)
+    if href is None:
         raise ValueError(f"not a path inside the output root: {relpath!r}")
+    return href
+
+
+def safe_href(relpath: str) -> str | None:
+    """:func:`href_from_report`, or None for a path that would leave the output root."""
+    if not is_safe_relpath(relpath):
+        return None
+    if _PLAIN.fullmatch(relpath) and "//" not in relpath and "/./" not in relpath and relpath[:2] != "./":
+        return "../" + relpath
     return "../" + quote_relpath(relpath)

@@ -48,9 +48,8 @@ def item_payload(item: ItemView, cache: ThumbnailCache, referenced: set[str]) ->
             referenced.add(key)
             thumb = thumb_relpath(key) if cache.has(key) else None
         outputs.append([out.relpath, out.href, thumb])
-    payload: dict[str, Any] = {
+    payload: dict[str, Any] = {  # no done/skipped letter: data/index.js has it (it depends on the latest run)
         "p": item.relpath,
-        "s": item.status,
         "i": thumb_relpath(in_key) if cache.has(in_key) else None,
         "o": outputs,
         "t": [round(item.timings[k] * 1000, 1) if k in item.timings else None
@@ -60,7 +59,7 @@ def item_payload(item: ItemView, cache: ThumbnailCache, referenced: set[str]) ->
     }
     if len(item.outputs) > len(outputs):
         payload["x"] = len(item.outputs) - len(outputs)
-    if item.status == "f":
+    if item.code is not None:
         payload.update(c=item.code, m=item.message, g=item.step)
     if item.results_text:
         payload["r"] = item.results_text
@@ -102,12 +101,13 @@ class PageWriter:
         if write_if_changed(self.report_root, relpath, data):
             self.written += 1
 
-    def finish(self, stats: Stats, meta: dict[str, Any]) -> dict[str, Any]:
-        """Write the last chunk and the index; remove chunk files left from a larger report."""
+    def finish(self, stats: Stats) -> dict[str, Any]:
+        """Write the last chunk, remove chunk files left from a larger report; the filters' data."""
         self._flush()
+        self._remove_stale_chunks()
         codes = sorted(stats.by_code)
         steps = sorted(stats.by_step)
-        index = {
+        return {
             "version": FORMAT_VERSION,
             "total": len(self._status),
             "chunk": self.chunk_size,
@@ -118,11 +118,7 @@ class PageWriter:
             "failures": [[pos, codes.index(code or "unknown"), steps.index(step or "other")]
                          for pos, code, step in self._failures],
             "folders": [[name, ranges] for name, ranges in sorted(stats.folders.items())],
-            **meta,
         }
-        self._write(f"{DATA_DIR}/index.js", _js_call("index", index))
-        self._remove_stale_chunks()
-        return index
 
     def _remove_stale_chunks(self) -> None:
         folder = self.report_root / DATA_DIR
@@ -133,3 +129,8 @@ class PageWriter:
                 continue
             if number >= self._chunks:
                 path.unlink(missing_ok=True)
+
+
+def write_index(report_root: Path, facets: dict[str, Any], meta: dict[str, Any]) -> None:
+    """``data/index.js``: the filters' data and what the page needs to know about the report."""
+    write_if_changed(Path(report_root), f"{DATA_DIR}/index.js", _js_call("index", {**facets, **meta}))

@@ -8,16 +8,18 @@ Content-Security-Policy that lets the page load nothing but its own folder's fil
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from imgflow.report.charts import Chart, histogram_bars, seconds_text
-from imgflow.report.data import STATUS_LABELS, ItemView, RunView, Stats, parse_time, run_message
+from imgflow.report.charts import histogram_bars, seconds_text
+from collections import Counter
+
+from imgflow.report.data import STATUS_LABELS, ItemsSummary, RunView, parse_time, run_message
 from imgflow.report.files import write_if_changed
-from imgflow.report.training import Preview, PreviewGroup, TrainerView
+from imgflow.report.training import PreviewGroup, TrainerView
 
 ASSETS = ("report.css", "report.js")
 
@@ -31,14 +33,12 @@ class ReportContext:
     runs: list[RunView]
     runs_total: int
     latest: RunView | None
-    stats: Stats
-    failures: list[ItemView]
+    summary: ItemsSummary
     trainers: list[TrainerView]
     previews: list[PreviewGroup]
     training_files: list[tuple[str, str]]
     limit: int | None
-    pipeline_text: tuple[str | None, str]
-    extra: dict[str, Any] = field(default_factory=dict)
+    pipeline_text: tuple[str | None, str]  # (the file's text or None, where it comes from)
 
 
 @cache
@@ -76,15 +76,12 @@ def _duration(seconds: float | None) -> str:
 
 def render_index(context: ReportContext) -> str:
     """``index.html`` as text."""
-    stats = context.stats
-    timing = [(t, histogram_bars(t.histogram)) for t in stats.timing_table()]
-    messages = {r.run_id: run_message(r, stats.failed_by_run.get(r.run_id)) if r.failed else None
+    summary = context.summary
+    timing = [(t, histogram_bars(t.histogram)) for t in summary.timing]
+    messages = {r.run_id: run_message(r, Counter(summary.failed_by_run.get(r.run_id, {}))) if r.failed else None
                 for r in context.runs}
-    charts: list[Chart] = [c for t in context.trainers for c in t.charts]
     return _environment().get_template("index.html").render(
-        c=context, stats=stats, timing=timing, run_messages=messages, status_labels=STATUS_LABELS,
-        chart_count=len(charts), fingerprints=stats.by_fingerprint.most_common(),
-    )
+        c=context, s=summary, timing=timing, run_messages=messages, status_labels=STATUS_LABELS)
 
 
 def write_html(report_root: Path, context: ReportContext) -> Path:
@@ -95,5 +92,3 @@ def write_html(report_root: Path, context: ReportContext) -> Path:
     write_if_changed(report_root, "index.html", render_index(context).encode("utf-8"))
     return Path(report_root) / "index.html"
 
-
-__all__ = ["Preview", "ReportContext", "render_index", "write_html"]

@@ -251,7 +251,8 @@
       shown.forEach(function (pos) {
         var items = state.chunks.get(Math.floor(pos / chunk)) || [];
         var item = items[pos % chunk];
-        if (item) rows.appendChild(row(item));
+        /* done or skipped depends on the latest run, so the index has the letter, not the chunk */
+        if (item) rows.appendChild(row(Object.assign({ s: state.index.status.charAt(pos) }, item)));
       });
       body.replaceChildren(rows);
       summary.textContent = positions.length
