@@ -41,7 +41,7 @@ def make_output(work: Path) -> Path:
     (source / "new").mkdir()
     for name in ("coffee.jpg", "rocket.jpg"):
         shutil.copy2(photos / name, source / "new" / name)
-    (source / "new" / "torn-scan.jpg").write_bytes((photos / "coffee.jpg").read_bytes()[:2000])
+    (source / "new" / "broken-scan.jpg").write_bytes((photos / "coffee.jpg").read_bytes()[:2000])
     run(pipeline, source, output)
     return output
 
