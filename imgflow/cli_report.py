@@ -46,9 +46,14 @@ def report(output: Path, open_browser: bool, limit: int | None, workers: int | N
       imgflow report out/colorized --open
       imgflow report /srv/archive-out --limit 5000
     """
+    from imgflow.errors import ImgflowError, ItemError
     from imgflow.report import write_report
 
-    result = write_report(output, limit=limit, workers=workers)
+    try:
+        result = write_report(output, limit=limit, workers=workers)
+    except (ItemError, OSError) as exc:
+        reason = exc.message if isinstance(exc, ItemError) else f"{exc.strerror or exc}: {exc.filename or output}"
+        raise ImgflowError(f"{output}: the report could not be written: {reason}") from exc
     click.echo(result.summary_line(), err=True)
     for reason in list(result.thumb_failures.values())[:10]:
         click.echo(f"  no thumbnail: {reason}", err=True)

@@ -253,6 +253,16 @@ def test_report_command_errors_are_clear(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--limit" in result.output
 
 
+def test_report_command_says_when_it_cannot_write(output: Path, tmp_path: Path) -> None:
+    out = copy_of(output, tmp_path)
+    shutil.rmtree(out / "report")
+    (out / "report").write_text("a file where the report folder goes")
+    result = CliRunner().invoke(cli, ["report", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"{out}: the report could not be written: " in result.output
+    assert "fix: check that the output folder is writable" in result.output and "internal error" not in result.output
+
+
 # ------------------------------------------------------------------------------ wiring into runs
 
 
