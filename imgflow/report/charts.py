@@ -64,8 +64,8 @@ def histogram_bars(bins: Sequence[tuple[float, float, int]], width: int = 300, h
     return bars
 
 
-def _nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
-    """Round tick values covering [low, high]."""
+def _nice_ticks(low: float, high: float, count: int = 4, whole: bool = False) -> list[float]:
+    """Round tick values covering [low, high] (whole numbers only, when ``whole``)."""
     if not math.isfinite(low) or not math.isfinite(high):
         return []
     if high <= low:
@@ -73,6 +73,8 @@ def _nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    if whole:
+        step = max(1.0, math.ceil(step))
     first = math.ceil(low / step) * step
     ticks = []
     value = first
@@ -91,10 +93,12 @@ def line_chart(title: str, xs: Sequence[float], columns: dict[str, Sequence[floa
     left, top, right, bottom = 52.0, 22.0, width - 12.0, height - 34.0
     x_low, x_high = min(xs), max(xs)
     y_low, y_high = min(finite), max(finite)
-    if y_high == y_low:
-        y_low, y_high = y_low - 0.5, y_high + 0.5
+    if y_high == y_low:  # a constant (a fixed learning rate): centre it, at its own scale
+        pad = abs(y_low) * 0.5 or 0.5
+        y_low, y_high = y_low - pad, y_high + pad
     if x_high == x_low:
         x_low, x_high = x_low - 0.5, x_high + 0.5
+    whole = all(float(x).is_integer() for x in xs)  # epochs and steps: no tick at 0.2 of an epoch
 
     def px(x: float) -> float:
         return round(left + (x - x_low) / (x_high - x_low) * (right - left), 2)
@@ -111,6 +115,6 @@ def line_chart(title: str, xs: Sequence[float], columns: dict[str, Sequence[floa
         series.append(Series(name=name, points=" ".join(f"{x},{y}" for x, y in points),
                              color=PALETTE[i % len(PALETTE)], last=f"{last:.4g}"))
     return Chart(title=title, width=width, height=height, series=series,
-                 x_ticks=[(px(t), f"{t:g}") for t in _nice_ticks(x_low, x_high, 5)],
+                 x_ticks=[(px(t), f"{t:g}") for t in _nice_ticks(x_low, x_high, 5, whole=whole)],
                  y_ticks=[(py(t), f"{t:.3g}") for t in _nice_ticks(y_low, y_high, 4)],
                  x_label=x_label, plot=(left, top, right, bottom))
