@@ -124,7 +124,8 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
         raise startup_error(out, exc) from exc
     with store:
         run_id = store.begin_run(pipeline=pipeline.name, pipeline_path=str(pipeline.source),
-                                 fingerprint=fingerprint, options=_options_doc(pipeline, options))
+                                 fingerprint=fingerprint, options=_options_doc(pipeline, options),
+                                 input_path=str(pipeline.input_path), pipeline_text=_pipeline_text(pipeline.source))
         if store.interrupted_runs_found:
             swept = sweep_temp_files(out)
             if swept:
@@ -160,6 +161,8 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
             if pipeline.output.manifest:
                 store.export_manifest(out / "manifest.jsonl")
                 store.export_summary(run_id, out / "run-summary.json")
+            if pipeline.output.report and status != "interrupted":
+                _write_report(pipeline, echo)
             summary = {"run_id": run_id, "status": status, "exit_code": exit_code,
                        "counts": dict(recorder.counts), "elapsed_s": round(time.monotonic() - started, 3)}
             warn_all(call_lifecycle("pipeline_finish", run=run_doc, summary=summary))
@@ -227,6 +230,27 @@ def _export(pipeline: Pipeline, stages: list[Stage], store: StateStore) -> None:
             if art.data is None:
                 raise ConfigError(f"stage '{stage.id}' export {art.relpath!r} has no data (a stage bug)")
             atomic_write(pipeline.output_path, art.relpath, art.data)
+
+
+def _write_report(pipeline: Pipeline, echo: Callable[[str], None]) -> None:
+    """The HTML report (``[output] report = true``); a failure is a warning, never the run's."""
+    try:
+        from imgflow.engine.plan import decode_limits
+        from imgflow.report import write_report
+
+        run = pipeline.run
+        write_report(pipeline.output_path, limits=decode_limits(pipeline, None), workers=run.workers,
+                     timeout_s=run.decode_timeout_s, reuse=True)
+    except Exception as exc:  # noqa: BLE001 - the run's outputs and records stand regardless
+        echo(f"imgflow: warning: the HTML report was not written: {type(exc).__name__}: {exc}")
+
+
+def _pipeline_text(path: Path) -> str | None:
+    """The pipeline file as it is now (the run row keeps it for the report); None if unreadable."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
 
 
 def _options_doc(pipeline: Pipeline, options: RunOptions) -> dict[str, Any]:

@@ -5,6 +5,7 @@
   stages.py   stages list|show, plugins
   status.py   status
   models.py   models list|pull|import|path
+  report.py   report (the HTML run report)
 
 Importing this package registers every command; plugins add theirs through the
 ``register_commands`` hook when :func:`main` starts.
@@ -18,6 +19,7 @@ import sys
 import click
 
 from imgflow.cli import models as _models
+from imgflow.cli import report as _report
 from imgflow.cli import run as _run  # noqa: F401  (registers run, validate)
 from imgflow.cli import stages as _stages  # noqa: F401  (registers stages, plugins)
 from imgflow.cli import status as _status  # noqa: F401  (registers status)
@@ -26,6 +28,7 @@ from imgflow.cli.app import EXIT_INTERNAL, cli, handle_errors
 __all__ = ["EXIT_INTERNAL", "cli", "handle_errors", "main"]
 
 cli.add_command(_models.models)
+cli.add_command(_report.report)
 
 # ----------------------------------------------------------------- entry point
 

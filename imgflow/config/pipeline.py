@@ -58,7 +58,7 @@ class Pipeline:
             "imgflow": __version__,
             "seed": self.run.seed,
             "decode_downscale": self.run.decode_downscale,
-            "output": self.output.model_dump(mode="json", exclude={"path", "manifest", "overwrite"}),
+            "output": self.output.model_dump(mode="json", exclude={"path", "manifest", "overwrite", "report"}),
             "stages": [
                 {
                     "use": spec.use,

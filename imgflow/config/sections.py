@@ -62,6 +62,7 @@ class OutputSection(_Section):
     bit_depth: Literal[8, 16, "same"] = Field(
         8, description="8, 16 (PNG/TIFF), or 'same' to keep 16-bit inputs 16-bit.")
     manifest: bool = Field(True, description="Write manifest.jsonl and run-summary.json.")
+    report: bool = Field(False, description="Write the HTML run report, report/index.html, after each run.")
 
     @model_validator(mode="after")
     def _bit_depth_fits_format(self) -> OutputSection:

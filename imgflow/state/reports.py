@@ -152,6 +152,7 @@ class StoreReports:
                     f"{self.output_root}` for the run ids"
                 )
             summary = run_row_dict(dict(zip((d[0] for d in cur.description), row)))
+            summary.pop("pipeline_text", None)  # the pipeline file itself; the HTML report shows it
             if summary["counts"] is None:  # still running, or killed before begin_run saw it
                 summary["counts"] = self._item_counts(self._conn, run_id)
             total = self._conn.execute(
@@ -169,6 +170,37 @@ class StoreReports:
         summary["failures_total"] = total
         summary["failures_truncated"] = total > len(failures)
         return summary
+
+    def items_marker(self) -> tuple[int, str | None]:
+        """(number of items, latest ``updated_at``): changes whenever any item is recorded.
+
+        Every record stamps ``updated_at`` and items are never deleted, so an unchanged marker
+        means unchanged items; the HTML report uses it to skip re-reading them.
+        """
+        self.flush()
+        with self._lock:
+            count, latest = self._conn.execute("SELECT COUNT(*), MAX(updated_at) FROM items").fetchone()
+        return int(count), latest
+
+    def iter_runs(self, limit: int | None = None) -> Iterator[dict]:
+        """Every run row (JSON columns decoded), newest first; at most ``limit`` of them.
+
+        A store written before schema 3 and opened read-only has no ``message``,
+        ``input_path`` or ``pipeline_text`` columns: those keys are then None.
+        """
+        self.flush()
+        conn = self._snapshot_connection()
+        try:
+            cur = conn.execute("SELECT * FROM runs ORDER BY started_at DESC, run_id DESC LIMIT ?",
+                               (-1 if limit is None else int(limit),))
+            columns = [d[0] for d in cur.description]
+            for row in cur:
+                run = run_row_dict(dict(zip(columns, row)))
+                for key in ("message", "input_path", "pipeline_text"):
+                    run.setdefault(key, None)
+                yield run
+        finally:
+            conn.close()
 
     def run_options(self, run_id: str) -> dict | None:
         """The ``options`` a run recorded when it began (None: no such run)."""
