@@ -89,11 +89,27 @@ def models_list(as_json: bool) -> None:
         return
     name_w = max(len("NAME"), *(len(r["name"]) for r in rows))
     stage_w = max(len("STAGE"), *(len(r["stage"]) for r in rows))
-    click.echo(f"{'NAME':<{name_w}}  {'STAGE':<{stage_w}}  {'MB':>7}  CACHED  PATH")
+    hash_w = max(len("SHA256"), *(len(_hash_column(r)) for r in rows))
+    click.echo(f"{'NAME':<{name_w}}  {'STAGE':<{stage_w}}  {'MB':>7}  CACHED  {'SHA256':<{hash_w}}  PATH")
     for r in rows:
         cached = "yes" if r["cached"] else "no"
         click.echo(f"{r['name']:<{name_w}}  {r['stage']:<{stage_w}}  {_megabytes(r['size']):>7}  "
-                   f"{cached:<6}  {r['path']}")
+                   f"{cached:<6}  {_hash_column(r):<{hash_w}}  {r['path']}")
+    if any(r["pin_on_first_use"] for r in rows):
+        click.echo("pinned on first use: no sha256 is published that could be confirmed, so the first "
+                   "download (or import) pins its sha256 beside the file and every later use is "
+                   "verified against it")
+
+
+def _hash_column(row: dict[str, Any]) -> str:
+    """What a download is checked against: the published digest (shortened), or the pin."""
+    if row["sha256"]:
+        return row["sha256"][:12]
+    if row["sha256_prefix"]:
+        return f"{row['sha256_prefix']}..."
+    if row["pinned_sha256"]:
+        return f"{row['pinned_sha256'][:12]} (pinned)"
+    return "pinned on first use"
 
 
 @models.command("pull")

@@ -113,6 +113,11 @@ class ModelSpec:
     ``sha256`` is the full digest when known; ``sha256_prefix`` the torch.hub file-name
     convention (``name-<prefix>.pth``), derived from the URL when it carries one. A spec without
     either cannot exist: an unverifiable download is never put in the cache.
+
+    Except with ``pin_on_first_use=True``, for a file whose publisher gives no digest that could
+    be confirmed: the sha256 of the first download (or import) is then pinned beside the cached
+    file (``<file>.sha256``), and every later download, import and use must match it. Give
+    ``size`` with it, so a truncated first download cannot be pinned.
     """
 
     name: str
@@ -123,6 +128,7 @@ class ModelSpec:
     sha256_prefix: str | None = None
     size: int | None = None
     description: str = ""
+    pin_on_first_use: bool = False
 
     def __post_init__(self) -> None:
         """Normalise the digests and refuse specs that could never be verified."""
@@ -139,9 +145,13 @@ class ModelSpec:
         if prefix is None:
             match = HASH_IN_FILENAME.search(self.filename)
             prefix = match.group(1) if match else None
-        if sha256 is None and prefix is None:
+        if self.pin_on_first_use and (sha256 is not None or prefix is not None):
+            raise PluginError(f"{subject}: pin_on_first_use is for files without a published digest, "
+                              "but a sha256 is given (fix: drop pin_on_first_use and verify against it)")
+        if sha256 is None and prefix is None and not self.pin_on_first_use:
             raise PluginError(f"{subject}: no sha256 and no sha256_prefix, so a download could not be "
-                              "verified (fix: give sha256=<full hex digest> of the checkpoint)")
+                              "verified (fix: give sha256=<full hex digest> of the checkpoint, or "
+                              "pin_on_first_use=True when none is published)")
         if sha256 is not None and prefix is not None and not sha256.startswith(prefix):
             raise PluginError(f"{subject}: sha256 {sha256} does not start with sha256_prefix {prefix} "
                               "(fix: correct one of them)")
@@ -345,10 +355,50 @@ def sha256_file(path: Path) -> str:
     return result
 
 
+def pin_path(spec: ModelSpec) -> Path:
+    """Where a pin_on_first_use spec keeps the sha256 pinned at its first download or import."""
+    final = cache_path(spec)
+    return final.with_name(final.name + ".sha256")
+
+
+def pinned_digest(spec: ModelSpec) -> str | None:
+    """The pinned sha256 of a pin_on_first_use spec, None before its first download."""
+    if not spec.pin_on_first_use:
+        return None
+    try:
+        text = pin_path(spec).read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[0].lower() if text and _HEX.match(text[0].lower()) and len(text[0]) == 64 else None
+
+
+def _pin(spec: ModelSpec, digest: str) -> None:
+    """Record ``digest`` as the pin (``sha256sum`` format, written atomically) when none exists.
+
+    Called before the file is renamed into place: a crash in between leaves a pin without a file,
+    and the next download must then match it, which it does when the server's file is the same.
+    """
+    if not spec.pin_on_first_use or pinned_digest(spec) is not None:
+        return
+    path = pin_path(spec)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(f"{digest}  {spec.filename}\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CacheError(f"model '{spec.name}': cannot write the pinned sha256 {path}: {exc} "
+                         "(fix: set TORCH_HOME to a writable folder)") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _mismatch(spec: ModelSpec, digest: str, size: int) -> tuple[str, str, str] | None:
     """(what, expected, actual) for the first check that fails, or None when all pass."""
     if spec.size is not None and size != spec.size:
         return "size", f"{spec.size} bytes", f"{size} bytes"
+    pinned = pinned_digest(spec)
+    if pinned is not None and digest != pinned:
+        return "sha256 (pinned at its first download)", pinned, digest
     if spec.sha256 is not None and digest != spec.sha256:
         return "sha256", spec.sha256, digest
     if spec.sha256_prefix is not None and not digest.startswith(spec.sha256_prefix):
@@ -363,6 +413,9 @@ def _check(spec: ModelSpec, digest: str, size: int, path: Path, fix: str) -> Non
         return
     what, expected, actual = bad
     note = " (a truncated download?)" if what == "size" and size < (spec.size or 0) else ""
+    if what.startswith("sha256 (pinned"):
+        fix += (f"; if the publisher replaced the file on purpose, delete {pin_path(spec)} to pin "
+                "the new one")
     raise ChecksumError(f"model '{spec.name}': {path} is not the expected file: {what} is {actual}, "
                         f"expected {expected}{note} (fix: {fix})", expected=expected, actual=actual)
 
@@ -520,7 +573,7 @@ def _download_error(job: _Fetch, exc: Exception, damaged: str) -> ModelError | N
 def _model_job(spec: ModelSpec) -> _Fetch:
     """Download job for a registered model; the full digest doubles as torch.hub's prefix."""
     return _Fetch(url=spec.url, final=cache_path(spec), subject=f"model '{spec.name}'",
-                  hash_prefix=spec.sha256 or spec.sha256_prefix,
+                  hash_prefix=spec.sha256 or spec.sha256_prefix,  # a pin is checked by pull()
                   offline_fix=f"run: imgflow models import {spec.name} FILE")
 
 
@@ -530,8 +583,9 @@ def pull(spec: ModelSpec, progress: bool = False, *, _damaged: str = "") -> Path
 
     def check(tmp: Path) -> None:
         size = tmp.stat().st_size
-        _check(spec, sha256_file(tmp) if spec.size in (None, size) else "", size, tmp,
-               f"{fix}; nothing was put in the cache")
+        digest = sha256_file(tmp) if spec.size in (None, size) else ""
+        _check(spec, digest, size, tmp, f"{fix}; nothing was put in the cache")
+        _pin(spec, digest)
 
     return _download(_model_job(spec), progress, check, damaged=_damaged)
 
@@ -541,9 +595,10 @@ def _cache_problem(spec: ModelSpec, path: Path) -> str | None:
     if not path.is_file():
         return ""
     try:
-        verify_file(spec, path)
+        digest = verify_file(spec, path)
     except ChecksumError as exc:
         return f"expected {exc.expected}, got {exc.actual}"
+    _pin(spec, digest)  # a file that reached the cache another way: its first use pins it
     return None
 
 
@@ -591,13 +646,16 @@ def import_file(spec: ModelSpec, file: str | Path) -> Path:
     fix = f"this is not {spec.filename}; download it from {spec.url}; nothing was copied into the cache"
     if final.exists() and final.resolve() == src.resolve():
         size = final.stat().st_size
-        _check(spec, sha256_file(final), size, src, fix)
+        digest = sha256_file(final)
+        _check(spec, digest, size, src, fix)
+        _pin(spec, digest)
         return final
     _make_cache_folder(final.parent, f"model '{spec.name}'")
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.import"
     try:
         digest, size = _copy_hashing(src, tmp)
         _check(spec, digest, size, src, fix)
+        _pin(spec, digest)
         os.replace(tmp, final)
     except OSError as exc:
         raise CacheError(f"model '{spec.name}': could not copy {src} into {final.parent}: {exc} "
@@ -621,6 +679,8 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
         "url": spec.url,
         "sha256": spec.sha256,
         "sha256_prefix": spec.sha256_prefix,
+        "pin_on_first_use": spec.pin_on_first_use,
+        "pinned_sha256": pinned_digest(spec),
         "description": spec.description,
         "plugin": entry.plugin if entry else None,
         "cached": is_cached(spec),
@@ -733,11 +793,12 @@ def _unsafe(path: Path, subject: str, exc: BaseException) -> UnsafeWeights:
 
 def _unwrap(obj: Any, path: Path, subject: str) -> Mapping[str, Any]:
     """The state dict itself: the object, or the one a training checkpoint wraps under
-    'state_dict' or 'model' (the common Lightning / training-script layouts)."""
+    'state_dict' or 'model' (the common Lightning / training-script layouts) or 'params'
+    (BasicSR's, e.g. DDColor's released checkpoints)."""
     if not isinstance(obj, Mapping):
         raise NotAStateDict(f"{subject}: {path} holds a {type(obj).__name__}, not a state dict "
                             "(fix: save model.state_dict() with torch.save)")
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model", "params"):
         inner = obj.get(key)
         if isinstance(inner, Mapping):
             return inner
@@ -846,7 +907,9 @@ def weights_fingerprint(source: str | Path, known_urls: Mapping[str, str] | None
         return {"weights": source}
     try:
         spec = get(source)
-        prefix = spec.sha256_prefix or (spec.sha256 or "")[:8]
+        # a pinned model's name stands for its content (any other file is refused), and the pin
+        # must not enter the fingerprint: the first download would otherwise re-run every item
+        prefix = "pinned" if spec.pin_on_first_use else spec.sha256_prefix or (spec.sha256 or "")[:8]
     except ImgflowError:
         match = HASH_IN_FILENAME.search((known_urls or {}).get(source, "").rsplit("/", 1)[-1])
         prefix = match.group(1) if match else "unregistered"

@@ -1,5 +1,6 @@
-"""imgflow's colorization plugin: the ``colorize`` stage (Zhang et al. ECCV16 and SIGGRAPH17) and
-the two official checkpoints in the shared weights registry.
+"""imgflow's colorization plugin: the ``colorize`` stage (Zhang et al. ECCV16 and SIGGRAPH17), the
+``colorize.ddcolor`` stage (DDColor tiny and large, see the ``ddcolor`` sub-package), and their
+published checkpoints in the shared weights registry.
 
 Registered through the ``imgflow`` entry point ``colorize``. This module stays light: the stage
 module is imported inside the hook and torch only in ``setup``/``process``, so ``imgflow --help``
@@ -39,10 +40,12 @@ MODELS: dict[str, tuple[str, str, str]] = {
 
 @hookimpl
 def register_stages(register: Callable[[type[Stage]], None]) -> None:
-    """Register the ``colorize`` stage."""
-    from imgflow_colorize.stage import Colorize  # lazy: keeps `imgflow --help` fast
+    """Register the ``colorize`` and ``colorize.ddcolor`` stages."""
+    from imgflow_colorize.ddcolor.stage import ColorizeDDColor  # lazy: keeps `imgflow --help` fast
+    from imgflow_colorize.stage import Colorize
 
     register(Colorize)
+    register(ColorizeDDColor)
 
 
 @hookimpl
@@ -53,3 +56,16 @@ def register_models(register: Callable[..., Any]) -> None:
     for name, (url, prefix, description) in MODELS.items():
         register(ModelSpec(name=name, url=url, sha256_prefix=prefix, size=None, license=LICENSE,
                            stage="colorize", description=description))
+    register_ddcolor_models(register)
+
+
+def register_ddcolor_models(register: Callable[..., Any]) -> None:
+    """The four published DDColor sets. No digest could be confirmed for them, so each pins the
+    sha256 of its first download (see imgflow_colorize.ddcolor for what is known)."""
+    from imgflow.models import ModelSpec
+    from imgflow_colorize.ddcolor import LICENSE as DDCOLOR_LICENSE
+    from imgflow_colorize.ddcolor import PUBLISHED
+
+    for weights in PUBLISHED.values():
+        register(ModelSpec(name=weights.name, url=weights.url, size=weights.bytes, license=DDCOLOR_LICENSE,
+                           stage="colorize.ddcolor", description=weights.description, pin_on_first_use=True))
