@@ -229,6 +229,16 @@ def test_spectral_conv_matches_torchs_spectral_norm_in_eval_mode():
         assert torch.allclose(ours.frozen()(x), reference(x), atol=1e-6)
 
 
+def test_attention_computes_what_nn_multiheadattention_does():
+    torch.manual_seed(2)
+    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    torch.nn.init.normal_(attn.in_proj_bias)
+    query, memory = torch.rand(3, 5, 32), torch.rand(3, 7, 32)
+    with torch.inference_mode():
+        expected = attn(query, memory + 0.5, memory, need_weights=False)[0]
+        assert torch.allclose(color_decoder.attend(attn, query, memory + 0.5, memory), expected, atol=1e-5)
+
+
 def test_sine_positions_follow_the_formula():
     code = color_decoder.sine_positions(3, 5, 8)
     assert code.shape == (15, 8)
