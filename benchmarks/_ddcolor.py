@@ -128,3 +128,44 @@ def reference_loop(weights: Path, src: Path, dst: Path, jpegs: list[Path], phase
             count += 1
     return {"images": count, "setup_s": setup_s, "loop_s": time.perf_counter() - loop_start,
             **{f"{k}_s": v for k, v in spent.items()}}
+
+
+def precision_report(weights: Path, images: list[Path], device: str = "cpu", side: int = SIDE) -> dict[str, Any]:
+    """How far float16 and bfloat16 autocast move DDColor-tiny's ab from float32, in Lab units.
+
+    On the stage's calibration image and on ``images`` (resized to ``side``), with the stage's
+    prepared network; the stage keeps a reduced precision when the calibration error is at most
+    1 ab unit (``AUTOCAST_AB_TOLERANCE``). Also times one batch-4 forward per precision, except
+    float16 on a CPU (emulated there, so its speed says nothing).
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from imgflow_colorize.ddcolor.stage import AUTOCAST_AB_TOLERANCE, calibration_input
+
+    dev = torch.device(device)
+    net = load_network(weights, dev, released=False).to(memory_format=torch.channels_last)
+    photos = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((side, side)), dtype=np.float32)
+                               / 255.0).permute(2, 0, 1) for p in images]
+    inputs = {"calibration": calibration_input(side, dev), **{p.name: t[None].to(dev) for p, t in zip(images, photos)}}
+    batch = torch.cat([inputs["calibration"]] * 4).contiguous(memory_format=torch.channels_last)
+
+    def run(x: Any, dtype: Any) -> Any:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return net(x.contiguous(memory_format=torch.channels_last)).float()
+
+    report: dict[str, Any] = {"device": device, "side": side, "tolerance_ab": AUTOCAST_AB_TOLERANCE}
+    exact = {name: run(x, None) for name, x in inputs.items()}
+    for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        errors = {name: float((run(x, dtype) - exact[name]).abs().max()) for name, x in inputs.items()}
+        report[label] = {"max_abs_ab_error": errors}
+        if dtype is torch.float16 and dev.type == "cpu":
+            continue
+        run(batch, dtype)  # warm-up
+        started = time.perf_counter()
+        run(batch, dtype)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        report[label]["s_per_image_batch4"] = (time.perf_counter() - started) / 4
+    return report

@@ -40,6 +40,10 @@ Internal sub-commands (run as subprocesses by the benchmark; they import torch, 
 
     python benchmarks/colorize.py make-weights MODEL PATH
     python benchmarks/colorize.py reference MODEL WEIGHTS INPUT OUTPUT [--as-released] [--device DEV]
+
+and one to run by hand, DDColor-tiny's error and speed under float16/bfloat16 autocast (JSON):
+
+    python benchmarks/colorize.py ddcolor-precision WEIGHTS IMAGE... [--device cuda] [--side 512]
 """
 
 from __future__ import annotations
@@ -531,7 +535,15 @@ def internal_main(argv: list[str]) -> int:
                      help="the network as the public release computes it (SIGGRAPH17: the decoder tail "
                           "twice per forward; DDColor: spectral norms, batch norms, 100 colour maps)")
     ref.add_argument("--device", default="cpu", help="cpu or cuda")
+    prec = sub.add_parser("ddcolor-precision", help="DDColor-tiny's ab error under float16/bfloat16 autocast")
+    prec.add_argument("weights", type=Path)
+    prec.add_argument("images", type=Path, nargs="+")
+    prec.add_argument("--device", default="cpu", help="cpu or cuda")
+    prec.add_argument("--side", type=int, default=_ddcolor.SIDE, help="model input side (default 512)")
     args = parser.parse_args(argv)
+    if args.command == "ddcolor-precision":
+        print(json.dumps(_ddcolor.precision_report(args.weights, args.images, args.device, args.side), indent=2))
+        return 0
     if args.command == "make-weights" and args.model == _ddcolor.MODEL:
         _ddcolor.make_weights(args.path, WEIGHTS_SEED)
         return 0
@@ -580,7 +592,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("make-weights", "reference"):
+    if argv and argv[0] in ("make-weights", "reference", "ddcolor-precision"):
         return internal_main(argv)
     args = parse_args(argv)
     if missing_console_script("colorize.py"):
