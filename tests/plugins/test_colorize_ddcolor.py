@@ -270,6 +270,13 @@ def test_params_are_validated_and_the_size_follows_the_weights():
     assert [model_side(s) for s in (64, 65, 500, 512)] == [64, 96, 512, 512]
 
 
+def test_large_on_a_cpu_says_it_is_for_gpus_and_a_tiny_checkpoint_is_refused(tiny_file, capsys):
+    stage = ColorizeDDColor(DDColorParams(size="large", weights=str(tiny_file)), StageContext("colorize.ddcolor"))
+    with pytest.raises(ConfigError, match='set size = "tiny"'):
+        stage.setup(torch.device("cpu"))
+    assert 'size = "large" (ConvNeXt-L, 228 M parameters) is meant for a GPU' in capsys.readouterr().err
+
+
 def test_init_does_no_io(tmp_path):
     stage = ColorizeDDColor(DDColorParams(weights="nowhere/w.pth"), StageContext("c", pipeline_dir=tmp_path))
     assert stage.net is None and stage.weights_source() == tmp_path / "nowhere" / "w.pth"
