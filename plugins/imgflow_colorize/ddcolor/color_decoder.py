@@ -151,7 +151,8 @@ class MultiScaleColorDecoder(nn.Module):
         position code ``(1, h*w, 256)``."""
         out = []
         for i, feature in enumerate(scales):
-            projected = self.input_proj[i](feature).flatten(2).transpose(1, 2)
+            # contiguous once here, not in each of the 3 layers that read this scale (twice each)
+            projected = self.input_proj[i](feature).flatten(2).transpose(1, 2).contiguous()
             level = self.level_embed.weight[i].to(projected.dtype)
             h, w = feature.shape[-2:]
             pos = sine_positions(h, w, device=feature.device).to(projected.dtype)
