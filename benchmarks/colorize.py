@@ -3,6 +3,8 @@
     uv run python benchmarks/colorize.py             # 100 images, both models, 1 rep (~8-10 min on 2 cores)
     uv run python benchmarks/colorize.py --quick     # 12 images, 1 rep: a smoke run (~1.5 min)
     uv run python benchmarks/colorize.py --models eccv16 --count 50 --reps 2 --json colorize.json
+    uv run python benchmarks/colorize.py --models ddcolor-tiny --count 16      # DDColor-tiny, 512 px
+    uv run python benchmarks/colorize.py --models ddcolor-tiny --count 200 --device cuda --autocast auto
 
 Both sides colorize the same generated 1024x768 grayscale JPEGs with the same weights file and
 save JPEG q90 at full resolution:
@@ -25,10 +27,23 @@ No weights are downloaded: each model gets random weights (seed 0, scaled so the
 visible colour) generated once into the work folder. The throughput does not depend on the
 values of the weights.
 
+DDColor-tiny (``--models ddcolor-tiny``; see _ddcolor.py): the imgflow side runs stage
+``colorize.ddcolor`` (model_size 512, ``autocast`` from ``--autocast``, float32 by default like the
+reference); the reference side is the authors' per-image procedure of SPEC §7 (plain bilinear
+resize to 512, skimage Lab, one batch-1 forward, nearest-neighbour ab upsampling). Its main row
+uses the network as the stage runs it; the "as released" row computes what the release computes
+(spectral norm on every forward, separate batch norms, the 100 full-size colour maps).
+
+``--device cuda`` runs both sides on the GPU (the default, cpu, keeps a GPU out of the comparison).
+
 Internal sub-commands (run as subprocesses by the benchmark; they import torch, this process never does):
 
     python benchmarks/colorize.py make-weights MODEL PATH
-    python benchmarks/colorize.py reference MODEL WEIGHTS INPUT OUTPUT [--decoder-twice]
+    python benchmarks/colorize.py reference MODEL WEIGHTS INPUT OUTPUT [--as-released] [--device DEV]
+
+and one to run by hand, DDColor-tiny's error and speed under float16/bfloat16 autocast (JSON):
+
+    python benchmarks/colorize.py ddcolor-precision WEIGHTS IMAGE... [--device cuda] [--side 512]
 """
 
 from __future__ import annotations
@@ -65,19 +80,26 @@ from _common import (  # noqa: E402
 )
 from engine import manifest_stats, read_summary, run_imgflow  # noqa: E402
 
+import _ddcolor  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 THIS = Path(__file__).resolve()
-MODELS = ("eccv16", "siggraph17")
-#: imgflow's images/s over the reference's, on this 2-core CPU (the issue's targets).
-TARGETS = {"eccv16": 1.5, "siggraph17": 2.0}
+MODELS = ("eccv16", "siggraph17", _ddcolor.MODEL)
+#: imgflow's images/s over the reference's, on this 2-core CPU (the issue's targets; None: none set).
+TARGETS: dict[str, float | None] = {"eccv16": 1.5, "siggraph17": 2.0, _ddcolor.MODEL: None}
 WIDTH, HEIGHT = 1024, 768
 MODEL_SIDE = 256  # the stage's default model_size and the reference's resize
+#: The network's input side per model (the Zhang stages' default 256; DDColor's 512).
+SIDES = {"eccv16": MODEL_SIDE, "siggraph17": MODEL_SIDE, _ddcolor.MODEL: _ddcolor.SIDE}
 QUALITY = 90
 WORKERS, BATCH_SIZE = 2, 8  # the issue's imgflow settings
 WEIGHTS_SEED = 0
 #: Largest mean |imgflow - reference| (0..255 levels) for one output pair. Measured: about 1.2;
 #: resize filters and Lab arithmetic differ slightly, a different network or weights gives far more.
 MAX_SIDE_DIFFERENCE = 6.0
+#: DDColor: the stage upsamples ab bilinearly and shrinks the input with antialiasing, the release
+#: uses nearest-neighbour and a plain bilinear resize, so colour edges differ more (measured: 2.6).
+MAX_SIDE_DIFFERENCE_DDCOLOR = 10.0
 WEIGHTS_VERSION = 2  # bump when make_weights changes, so cached files are remade
 DEFAULT_COUNT, QUICK_COUNT = 100, 12
 #: The reference loop's timed phases, in order: PIL open/convert; rgb2lab x2 and resize; the
@@ -114,26 +136,32 @@ def ensure_gray_images(folder: Path, count: int, say: Callable[[str], None]) -> 
 
 def ensure_weights(folder: Path, model: str, say: Callable[[str], None]) -> Path:
     """The random-weights checkpoint for ``model`` (see _common.ensure_checkpoint)."""
-    path = folder / f"colorize-{model}-random-seed{WEIGHTS_SEED}-v{WEIGHTS_VERSION}.pth"
+    version = _ddcolor.WEIGHTS_VERSION if model == _ddcolor.MODEL else WEIGHTS_VERSION
+    path = folder / f"colorize-{model}-random-seed{WEIGHTS_SEED}-v{version}.pth"
     return ensure_checkpoint(path, [sys.executable, THIS, "make-weights", model, path], say)
 
 
 def write_colorize_pipeline(path: Path, *, model: str, weights: Path, source: Path, output: Path,
-                            workers: int = WORKERS, batch_size: int = BATCH_SIZE) -> Path:
-    """The imgflow side: grayscale JPEGs -> colorize -> JPEG q90, on the CPU, absolute paths.
+                            workers: int = WORKERS, batch_size: int = BATCH_SIZE, device: str = "cpu",
+                            autocast: str = "off") -> Path:
+    """The imgflow side: grayscale JPEGs -> colorize -> JPEG q90, absolute paths.
 
-    ``device = "cpu"`` because the reference is a CPU loop; a GPU, if present, stays out of the
-    comparison. JSON string quoting is valid TOML basic-string quoting.
+    ``device = "cpu"`` by default because the reference is then a CPU loop; a GPU, if present,
+    stays out of the comparison (``--device cuda`` puts both sides on it). ``autocast`` applies to
+    DDColor. JSON string quoting is valid TOML basic-string quoting.
     """
+    if model == _ddcolor.MODEL:
+        stage = _ddcolor.stage_toml(weights, autocast)
+    else:
+        stage = f"[[stages]]\nuse = \"colorize\"\nmodel = {json.dumps(model)}\nweights = {json.dumps(str(weights))}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "# written by benchmarks/colorize.py; regenerated on every run\n"
         f"[pipeline]\nname = {json.dumps(f'bench_colorize_{model}')}\n\n"
         f"[input]\npath = {json.dumps(str(source))}\ninclude = [\"**/*.jpg\"]\n\n"
         f"[output]\npath = {json.dumps(str(output))}\nformat = \"jpeg\"\nquality = {QUALITY}\n\n"
-        f"[run]\ndevice = \"cpu\"\nworkers = {workers}\nbatch_size = {batch_size}\n\n"
-        f"[[stages]]\nuse = \"colorize\"\nmodel = {json.dumps(model)}\n"
-        f"weights = {json.dumps(str(weights))}\n"
+        f"[run]\ndevice = {json.dumps(device)}\nworkers = {workers}\nbatch_size = {batch_size}\n\n"
+        + stage
     )
     return path
 
@@ -195,6 +223,8 @@ class Bench:
     reps: int
     workdir: Path
     say: Callable[[str], None]
+    device: str = "cpu"
+    autocast: str = "off"
     runs: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
 
     def inputs(self) -> Path:
@@ -205,12 +235,15 @@ class Bench:
 
 
 def run_reference(b: Bench, model: str, weights: Path, src: Path, out: Path,
-                  decoder_twice: bool) -> dict[str, Any] | None:
-    """One reference pass over the folder in its own process; None when the emulation is skipped."""
+                  released: bool) -> dict[str, Any] | None:
+    """One reference pass over the folder in its own process; None when the emulation is skipped.
+
+    ``released``: the network computed as the public release does (see the module docstring).
+    """
     if out.exists():
         shutil.rmtree(out)
-    argv = [sys.executable, THIS, "reference", model, weights, src, out]
-    m = run_measured(argv + (["--decoder-twice"] if decoder_twice else []))
+    argv = [sys.executable, THIS, "reference", model, weights, src, out, "--device", b.device]
+    m = run_measured(argv + (["--as-released"] if released else []))
     loop = json.loads(m.stdout)
     if "skipped" in loop:
         b.say(f"  reference as released: skipped ({loop['skipped']})")
@@ -219,7 +252,7 @@ def run_reference(b: Bench, model: str, weights: Path, src: Path, out: Path,
         raise BenchmarkError(f"the reference loop saw {loop['images']} images in {src}, expected "
                              f"{b.count}; fix: delete {src} so it is generated again")
     per = {k: loop[f"{k}_s"] / b.count * 1000 for k in PHASES}
-    label = "reference (released)" if decoder_twice else "reference"
+    label = "reference (released)" if released else "reference"
     b.say(f"  {label:<21}{m.wall_s:7.1f}s wall ({b.count / m.wall_s:.2f} img/s); set-up "
           f"{loop['setup_s']:.1f}s; per image: decode {per['decode']:.0f} ms, prep {per['prep']:.0f} ms, "
           f"forward {per['forward']:.0f} ms, post {per['post']:.0f} ms, save {per['save']:.0f} ms")
@@ -247,16 +280,17 @@ def figure_model(b: Bench, model: str, paths: list[Path]) -> list[Row]:
     out_a, out_b = b.output(f"colorize-{model}-imgflow"), b.output(f"colorize-{model}-reference")
     out_c = b.output(f"colorize-{model}-released")
     pipeline = write_colorize_pipeline(b.workdir / "pipelines" / f"colorize-{model}.toml", model=model,
-                                       weights=weights, source=src, output=out_a)
+                                       weights=weights, source=src, output=out_a, device=b.device,
+                                       autocast=b.autocast)
     runs: dict[str, list[dict[str, Any]]] = {"imgflow": [], "reference": [], "released": []}
     b.runs[model] = runs
     b.say(f"{model}: {n} grayscale {WIDTH}x{HEIGHT} JPEGs, {b.reps} alternated repetition(s) per side")
     sides: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [
         ("imgflow", lambda: run_engine(b, pipeline, out_a)),
-        ("reference", lambda: run_reference(b, model, weights, src, out_b, decoder_twice=False)),
+        ("reference", lambda: run_reference(b, model, weights, src, out_b, released=False)),
     ]
-    if model == "siggraph17":  # only SIGGRAPH17's release computes part of its network twice
-        sides.append(("released", lambda: run_reference(b, model, weights, src, out_c, decoder_twice=True)))
+    if model != "eccv16":  # SIGGRAPH17's release computes its decoder tail twice, DDColor's 100 maps
+        sides.append(("released", lambda: run_reference(b, model, weights, src, out_c, released=True)))
     for rep in range(b.reps):  # A B C, C B A, ...: drift in machine load hits every side alike
         for name, once in (sides if rep % 2 == 0 else sides[::-1]):
             result = once()
@@ -268,18 +302,19 @@ def figure_model(b: Bench, model: str, paths: list[Path]) -> list[Row]:
     check_outputs(out_b, src, paths, "reference")
     first = paths[0].relative_to(src)
     diff = mean_abs_difference(out_a / first, out_b / first)
-    if diff > MAX_SIDE_DIFFERENCE:
+    limit = MAX_SIDE_DIFFERENCE_DDCOLOR if model == _ddcolor.MODEL else MAX_SIDE_DIFFERENCE
+    if diff > limit:
         raise BenchmarkError(
             f"{out_a / first} and {out_b / first} differ by {diff:.1f} levels on average (expected at "
-            f"most {MAX_SIDE_DIFFERENCE:g}): the two sides did not compute the same colorization; fix: "
+            f"most {limit:g}): the two sides did not compute the same colorization; fix: "
             f"check the weights and model_size in {pipeline} against the reference procedure")
     if runs["released"]:
         check_outputs(out_c, src, paths, "reference as released")
         twice = mean_abs_difference(out_b / first, out_c / first)
         if twice > 0.5:
-            raise BenchmarkError(f"{out_c / first}: the decoder-twice emulation changed the picture "
+            raise BenchmarkError(f"{out_c / first}: the as-released emulation changed the picture "
                                  f"by {twice:.2f} levels on average, expected the same output; fix: "
-                                 "check released_siggraph17_forward against the network's forward")
+                                 "check the released forward against the network's forward")
     return model_rows(b, model, runs, diff)
 
 
@@ -298,12 +333,14 @@ def model_rows(b: Bench, model: str, runs: dict[str, list[dict[str, Any]]], diff
     label = f"colorize {model}: {n} {WIDTH}x{HEIGHT} gray JPEG"
     reps = f"median of {b.reps} alternated run(s) per side" if b.reps > 1 else \
         "1 run per side, no median (2 reps of every side take over 15 min on 2 cores)"
+    precision = f", autocast {b.autocast}" if model == _ddcolor.MODEL else ""
     rows = [
         Row(f"{label}, wall incl. start-up", n / wall_a, n / wall_b, unit="img/s", digits=2,
-            target=f">= {target:g}x", meets=lambda r: r.ratio is not None and r.ratio >= target,
-            note=f"{reps}; imgflow: {WORKERS} decode workers, batch {BATCH_SIZE}, device cpu, model_size "
-                 f"{MODEL_SIDE}; reference: one process, per image PIL/skimage/one batch-1 forward of our "
-                 "network/save q90; same "
+            target="" if target is None else f">= {target:g}x",
+            meets=None if target is None else (lambda r: r.ratio is not None and r.ratio >= target),
+            note=f"{reps}; imgflow: {WORKERS} decode workers, batch {BATCH_SIZE}, device {b.device}, "
+                 f"model_size {SIDES[model]}{precision}; reference: one process, per image "
+                 "PIL/skimage/one batch-1 forward of our network/save q90; same "
                  f"random weights file; mean |imgflow - reference| on {paths_label(b)}: {diff:.1f} "
                  "levels of 255 (resize filter and Lab arithmetic differ, the network is the same)"),
         Row(f"{label}, steady state", steady_a, med("reference", "steady"), unit="img/s",
@@ -312,7 +349,12 @@ def model_rows(b: Bench, model: str, runs: dict[str, list[dict[str, Any]]], diff
                            "reference: images / loop time (after imports and weight loading)"),
         Row(f"{label}, wall time", wall_a, wall_b, unit="s", digits=1),
     ]
-    if runs["released"]:
+    if runs["released"] and model == _ddcolor.MODEL:
+        wall_c = med("released", "wall")
+        rows.append(Row(f"{label}, vs reference as released", n / wall_a, n / wall_c, unit="img/s", digits=2,
+                        note="the release's network: spectral norm on every forward, separate batch "
+                             "norms, 100 colour maps at 512 px mixed by the last 1x1 conv; informative"))
+    elif runs["released"]:
         wall_c = med("released", "wall")
         rows.append(Row(f"{label}, vs reference as released (decoder twice)", n / wall_a, n / wall_c,
                         unit="img/s", digits=2,
@@ -418,7 +460,7 @@ def released_siggraph17_forward(net: Any) -> Callable[[Any], Any] | None:
 
 
 def reference_loop(model: str, weights: Path, src: Path, dst: Path, *, decoder_twice: bool = False,
-                   side: int = MODEL_SIDE, quality: int = QUALITY) -> dict[str, Any]:
+                   side: int = MODEL_SIDE, quality: int = QUALITY, device: str = "cpu") -> dict[str, Any]:
     """SPEC §1's per-image procedure; returns counts and seconds per phase (after imports)."""
     import warnings
 
@@ -433,7 +475,8 @@ def reference_loop(model: str, weights: Path, src: Path, dst: Path, *, decoder_t
     started = time.perf_counter()
     net = networks.build(model)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    net.eval()
+    dev = torch.device(device)
+    net.to(dev).eval()
     forward = net
     if decoder_twice:
         forward = released_siggraph17_forward(net) if model == "siggraph17" else None
@@ -458,7 +501,7 @@ def reference_loop(model: str, weights: Path, src: Path, dst: Path, *, decoder_t
             if model == "siggraph17":  # no hints: ab and mask planes are zeros
                 x = torch.cat([x, torch.zeros(1, 3, side, side)], dim=1)
             t1 = time.perf_counter()
-            ab = forward(x) * 110.0
+            ab = forward(x.to(dev)).cpu() * 110.0  # .cpu() waits for a GPU to finish
             t2 = time.perf_counter()
             ab_full = F.interpolate(ab, size=l_orig.shape[-2:], mode="bilinear", align_corners=False)
             lab_out = torch.cat([l_orig, ab_full], dim=1)[0].numpy().transpose(1, 2, 0)
@@ -488,14 +531,31 @@ def internal_main(argv: list[str]) -> int:
     ref.add_argument("weights", type=Path)
     ref.add_argument("input", type=Path)
     ref.add_argument("output", type=Path)
-    ref.add_argument("--decoder-twice", action="store_true",
-                     help="SIGGRAPH17 as released: run the decoder tail twice per forward")
+    ref.add_argument("--as-released", action="store_true",
+                     help="the network as the public release computes it (SIGGRAPH17: the decoder tail "
+                          "twice per forward; DDColor: spectral norms, batch norms, 100 colour maps)")
+    ref.add_argument("--device", default="cpu", help="cpu or cuda")
+    prec = sub.add_parser("ddcolor-precision", help="DDColor-tiny's ab error under float16/bfloat16 autocast")
+    prec.add_argument("weights", type=Path)
+    prec.add_argument("images", type=Path, nargs="+")
+    prec.add_argument("--device", default="cpu", help="cpu or cuda")
+    prec.add_argument("--side", type=int, default=_ddcolor.SIDE, help="model input side (default 512)")
     args = parser.parse_args(argv)
+    if args.command == "ddcolor-precision":
+        print(json.dumps(_ddcolor.precision_report(args.weights, args.images, args.device, args.side), indent=2))
+        return 0
+    if args.command == "make-weights" and args.model == _ddcolor.MODEL:
+        _ddcolor.make_weights(args.path, WEIGHTS_SEED)
+        return 0
     if args.command == "make-weights":
         make_weights(args.model, args.path)
         return 0
-    result = reference_loop(args.model, args.weights, args.input, args.output,
-                            decoder_twice=args.decoder_twice)
+    if args.model == _ddcolor.MODEL:
+        result = _ddcolor.reference_loop(args.weights, args.input, args.output, _jpegs(args.input), PHASES,
+                                         device=args.device, released=args.as_released, quality=QUALITY)
+    else:
+        result = reference_loop(args.model, args.weights, args.input, args.output,
+                                decoder_twice=args.as_released, device=args.device)
     print(json.dumps(result))
     return 0
 
@@ -511,8 +571,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(see benchmarks/README.md).")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_COUNT} images, 1 rep: a smoke run, not figures to quote")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
-                        help="which models to measure (default: both)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["eccv16", "siggraph17"],
+                        help="which models to measure (default: eccv16 and siggraph17; ddcolor-tiny "
+                             "takes 1-3 s an image on 2 cores, so ask for it with a smaller --count)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both sides run (default cpu)")
+    parser.add_argument("--autocast", choices=("off", "auto"), default="off",
+                        help="ddcolor-tiny's imgflow side: off (float32, like the reference; default) or "
+                             "auto (the stage's calibrated reduced precision)")
     parser.add_argument("--count", type=int, default=None,
                         help=f"number of generated images (default {DEFAULT_COUNT}; {QUICK_COUNT} with --quick)")
     parser.add_argument("--reps", type=int, default=None,
@@ -526,7 +592,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("make-weights", "reference"):
+    if argv and argv[0] in ("make-weights", "reference", "ddcolor-precision"):
         return internal_main(argv)
     args = parse_args(argv)
     if missing_console_script("colorize.py"):
@@ -544,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
           + ("; --quick: a smoke run, not figures to quote" if args.quick else "")
           + ("" if reps > 1 else " (1 rep, the default: 2 reps of every side take over 15 min on 2 cores)"))
     print(flush=True)
-    bench = Bench(count, reps, workdir, say=lambda msg: print(msg, flush=True))
+    bench = Bench(count, reps, workdir, say=lambda msg: print(msg, flush=True), device=args.device,
+                  autocast=args.autocast)
     rows: list[Row] = []
     try:
         paths = ensure_gray_images(bench.inputs(), count, bench.say)
@@ -557,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps({"machine": facts, "quick": args.quick, "count": count, "reps": reps,
+                                         "device": args.device, "autocast": args.autocast,
                                          "models": list(dict.fromkeys(args.models)),
                                          "rows": [r.as_dict() for r in rows], "runs": bench.runs},
                                         indent=2) + "\n")

@@ -385,7 +385,7 @@ def test_load_state_dict_from_a_url_checks_the_prefix_in_its_name(server, torch_
     assert cache_files(torch_home) == []
 
 
-@pytest.mark.parametrize("key", ["state_dict", "model"])
+@pytest.mark.parametrize("key", ["state_dict", "model", "params"])
 def test_a_wrapped_state_dict_is_unwrapped(tmp_path, key):
     path = tmp_path / "wrapped.pth"
     torch.save({key: tiny_state(), "epoch": 3, "optimizer": {"lr": 0.1}}, path)

@@ -86,11 +86,28 @@ def models_list(as_json: bool) -> None:
     stage_w = max(len("STAGE"), *(len(r["stage"]) for r in rows))
     licences = [_short_license(r["license"]) for r in rows]
     lic_w = max(len("LICENCE"), *(len(text) for text in licences))
-    click.echo(f"{'NAME':<{name_w}}  {'STAGE':<{stage_w}}  {'MB':>7}  CACHED  {'LICENCE':<{lic_w}}  PATH")
+    hash_w = max(len("SHA256"), *(len(_hash_column(r)) for r in rows))
+    click.echo(f"{'NAME':<{name_w}}  {'STAGE':<{stage_w}}  {'MB':>7}  CACHED  {'LICENCE':<{lic_w}}  "
+               f"{'SHA256':<{hash_w}}  PATH")
     for r, licence in zip(rows, licences, strict=True):
         cached = "yes" if r["cached"] else "no"
         click.echo(f"{r['name']:<{name_w}}  {r['stage']:<{stage_w}}  {_megabytes(r):>7}  "
-                   f"{cached:<6}  {licence:<{lic_w}}  {r['path']}")
+                   f"{cached:<6}  {licence:<{lic_w}}  {_hash_column(r):<{hash_w}}  {r['path']}")
+    if any(r["pin_on_first_use"] for r in rows):
+        click.echo("pinned on first use: no sha256 is published that could be confirmed, so the first "
+                   "download (or import) pins its sha256 beside the file and every later use is "
+                   "verified against it")
+
+
+def _hash_column(row: dict[str, Any]) -> str:
+    """What a download is checked against: the published digest (shortened), or the pin."""
+    if row["sha256"]:
+        return row["sha256"][:12]
+    if row["sha256_prefix"]:
+        return f"{row['sha256_prefix']}..."
+    if row["pinned_sha256"]:
+        return f"{row['pinned_sha256'][:12]} (pinned)"
+    return "pinned on first use"
 
 
 @models.command("pull")

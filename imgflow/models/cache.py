@@ -29,6 +29,7 @@ from imgflow.models.spec import CacheError, ChecksumError, DownloadError, ModelE
 
 DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation; torch.hub's urlopen has none of its own
 _CHUNK = 1 << 20
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 # ----------------------------------------------------------------- cache location
@@ -85,10 +86,50 @@ def sha256_file(path: Path) -> str:
     return result
 
 
+def pin_path(spec: ModelSpec) -> Path:
+    """Where a pin_on_first_use spec keeps the sha256 pinned at its first download or import."""
+    final = cache_path(spec)
+    return final.with_name(final.name + ".sha256")
+
+
+def pinned_digest(spec: ModelSpec) -> str | None:
+    """The pinned sha256 of a pin_on_first_use spec, None before its first download."""
+    if not spec.pin_on_first_use:
+        return None
+    try:
+        text = pin_path(spec).read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[0].lower() if text and _HEX64.match(text[0].lower()) else None
+
+
+def _pin(spec: ModelSpec, digest: str) -> None:
+    """Record ``digest`` as the pin (``sha256sum`` format, written atomically) when none exists.
+
+    Called before the file is renamed into place: a crash in between leaves a pin without a file,
+    and the next download must then match it, which it does when the server's file is the same.
+    """
+    if not spec.pin_on_first_use or pinned_digest(spec) is not None:
+        return
+    path = pin_path(spec)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(f"{digest}  {spec.filename}\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CacheError(f"model '{spec.name}': cannot write the pinned sha256 {path}: {exc} "
+                         "(fix: set TORCH_HOME to a writable folder)") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _mismatch(spec: ModelSpec, digest: str, size: int) -> tuple[str, str, str] | None:
     """(what, expected, actual) for the first check that fails, or None when all pass."""
     if spec.size is not None and size != spec.size:
         return "size", f"{spec.size} bytes", f"{size} bytes"
+    pinned = pinned_digest(spec)
+    if pinned is not None and digest != pinned:
+        return "sha256 (pinned at its first download)", pinned, digest
     if spec.sha256 is not None and digest != spec.sha256:
         return "sha256", spec.sha256, digest
     if spec.sha256_prefix is not None and not digest.startswith(spec.sha256_prefix):
@@ -103,6 +144,9 @@ def _check(spec: ModelSpec, digest: str, size: int, path: Path, fix: str) -> Non
         return
     what, expected, actual = bad
     note = " (a truncated download?)" if what == "size" and size < (spec.size or 0) else ""
+    if what.startswith("sha256 (pinned"):
+        fix += (f"; if the publisher replaced the file on purpose, delete {pin_path(spec)} to pin "
+                "the new one")
     raise ChecksumError(f"model '{spec.name}': {path} is not the expected file: {what} is {actual}, "
                         f"expected {expected}{note} (fix: {fix})", expected=expected, actual=actual)
 
@@ -270,8 +314,9 @@ def pull(spec: ModelSpec, progress: bool = False, *, _damaged: str = "") -> Path
 
     def check(tmp: Path) -> None:
         size = tmp.stat().st_size
-        _check(spec, sha256_file(tmp) if spec.size in (None, size) else "", size, tmp,
-               f"{fix}; nothing was put in the cache")
+        digest = sha256_file(tmp) if spec.size in (None, size) else ""
+        _check(spec, digest, size, tmp, f"{fix}; nothing was put in the cache")
+        _pin(spec, digest)
 
     return download(_model_job(spec), progress, check, damaged=_damaged)
 
@@ -281,9 +326,10 @@ def _cache_problem(spec: ModelSpec, path: Path) -> str | None:
     if not path.is_file():
         return ""
     try:
-        verify_file(spec, path)
+        digest = verify_file(spec, path)
     except ChecksumError as exc:
         return f"expected {exc.expected}, got {exc.actual}"
+    _pin(spec, digest)  # a file that reached the cache another way: its first use pins it
     return None
 
 
@@ -331,13 +377,16 @@ def import_file(spec: ModelSpec, file: str | Path) -> Path:
     fix = f"this is not {spec.filename}; download it from {spec.url}; nothing was copied into the cache"
     if final.exists() and final.resolve() == src.resolve():
         size = final.stat().st_size
-        _check(spec, sha256_file(final), size, src, fix)
+        digest = sha256_file(final)
+        _check(spec, digest, size, src, fix)
+        _pin(spec, digest)
         return final
     _make_cache_folder(final.parent, f"model '{spec.name}'")
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.import"
     try:
         digest, size = _copy_hashing(src, tmp)
         _check(spec, digest, size, src, fix)
+        _pin(spec, digest)
         os.replace(tmp, final)
     except OSError as exc:
         raise CacheError(f"model '{spec.name}': could not copy {src} into {final.parent}: {exc} "

@@ -152,11 +152,12 @@ def _unsafe(path: Path, subject: str, exc: BaseException) -> UnsafeWeights:
 
 def _unwrap(obj: Any, path: Path, subject: str) -> Mapping[str, Any]:
     """The state dict itself: the object, or the one a training checkpoint wraps under
-    'state_dict' or 'model' (the common Lightning / training-script layouts)."""
+    'state_dict' or 'model' (the common Lightning / training-script layouts) or 'params'
+    (BasicSR's, e.g. DDColor's released checkpoints)."""
     if not isinstance(obj, Mapping):
         raise NotAStateDict(f"{subject}: {path} holds a {type(obj).__name__}, not a state dict "
                             "(fix: save model.state_dict() with torch.save)")
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model", "params"):
         inner = obj.get(key)
         if isinstance(inner, Mapping):
             return inner

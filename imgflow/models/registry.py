@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from imgflow.errors import PluginError
-from imgflow.models.cache import cache_path, is_cached
+from imgflow.models.cache import cache_path, is_cached, pinned_digest
 from imgflow.models.spec import ModelSpec, UnknownModel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -150,6 +150,8 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
         "url": spec.url,
         "sha256": spec.sha256,
         "sha256_prefix": spec.sha256_prefix,
+        "pin_on_first_use": spec.pin_on_first_use,
+        "pinned_sha256": pinned_digest(spec),
         "description": spec.description,
         "plugin": entry.plugin if entry else None,
         "random_layout": spec.layout is not None,

@@ -83,6 +83,11 @@ class ModelSpec:
     convention (``name-<prefix>.pth``), derived from the URL when it carries one. A spec without
     either cannot exist: an unverifiable download is never put in the cache.
 
+    Except with ``pin_on_first_use=True``, for a file whose publisher gives no digest that could
+    be confirmed: the sha256 of the first download (or import) is then pinned beside the cached
+    file (``<file>.sha256``), and every later download, import and use must match it. Give
+    ``size`` with it, so a truncated first download cannot be pinned.
+
     ``size`` is the exact byte count and is checked like the hash; ``approx_size`` (bytes, give
     or take a few kB, e.g. from torchvision's published MiB) is only shown by ``imgflow models
     list``, so a user knows what a download costs before starting it. ``layout`` builds the
@@ -101,6 +106,7 @@ class ModelSpec:
     description: str = ""
     approx_size: int | None = None
     layout: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    pin_on_first_use: bool = False
 
     def __post_init__(self) -> None:
         """Normalise the digests and refuse specs that could never be verified."""
@@ -117,9 +123,13 @@ class ModelSpec:
         if prefix is None:
             match = HASH_IN_FILENAME.search(self.filename)
             prefix = match.group(1) if match else None
-        if sha256 is None and prefix is None:
+        if self.pin_on_first_use and (sha256 is not None or prefix is not None):
+            raise PluginError(f"{subject}: pin_on_first_use is for files without a published digest, "
+                              "but a sha256 is given (fix: drop pin_on_first_use and verify against it)")
+        if sha256 is None and prefix is None and not self.pin_on_first_use:
             raise PluginError(f"{subject}: no sha256 and no sha256_prefix, so a download could not be "
-                              "verified (fix: give sha256=<full hex digest> of the checkpoint)")
+                              "verified (fix: give sha256=<full hex digest> of the checkpoint, or "
+                              "pin_on_first_use=True when none is published)")
         if sha256 is not None and prefix is not None and not sha256.startswith(prefix):
             raise PluginError(f"{subject}: sha256 {sha256} does not start with sha256_prefix {prefix} "
                               "(fix: correct one of them)")

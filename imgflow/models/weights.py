@@ -64,7 +64,9 @@ def weights_fingerprint(source: str | Path, known_urls: Mapping[str, str] | None
         return {"weights": source}
     try:
         spec = get(source)
-        prefix = spec.sha256_prefix or (spec.sha256 or "")[:8]
+        # a pinned model's name stands for its content (any other file is refused), and the pin
+        # must not enter the fingerprint: the first download would otherwise re-run every item
+        prefix = "pinned" if spec.pin_on_first_use else spec.sha256_prefix or (spec.sha256 or "")[:8]
     except ImgflowError:
         match = HASH_IN_FILENAME.search((known_urls or {}).get(source, "").rsplit("/", 1)[-1])
         prefix = match.group(1) if match else "unregistered"

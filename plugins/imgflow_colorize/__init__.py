@@ -1,5 +1,6 @@
-"""imgflow's colorization plugin: the ``colorize`` stage (Zhang et al. ECCV16 and SIGGRAPH17) and
-the two official checkpoints in the shared weights registry.
+"""imgflow's colorization plugin: the ``colorize`` stage (Zhang et al. ECCV16 and SIGGRAPH17), the
+``colorize.ddcolor`` stage (DDColor tiny and large, see the ``ddcolor`` sub-package), and their
+published checkpoints in the shared weights registry.
 
 Registered through the ``imgflow`` entry point ``colorize``. This module stays light: the stage
 module is imported inside the hook and torch only in ``setup``/``process``, so ``imgflow --help``
@@ -50,10 +51,12 @@ def network_layout(name: str) -> Any:
 
 @hookimpl
 def register_stages(register: Callable[[type[Stage]], None]) -> None:
-    """Register the ``colorize`` stage."""
-    from imgflow_colorize.stage import Colorize  # lazy: keeps `imgflow --help` fast
+    """Register the ``colorize`` and ``colorize.ddcolor`` stages."""
+    from imgflow_colorize.ddcolor.stage import ColorizeDDColor  # lazy: keeps `imgflow --help` fast
+    from imgflow_colorize.stage import Colorize
 
     register(Colorize)
+    register(ColorizeDDColor)
 
 
 @hookimpl
@@ -65,3 +68,25 @@ def register_models(register: Callable[..., Any]) -> None:
         register(ModelSpec(name=name, url=url, sha256_prefix=prefix, size=None, license=LICENSE,
                            stage="colorize", description=description, approx_size=APPROX_SIZES.get(name),
                            layout=functools.partial(network_layout, name)))
+    register_ddcolor_models(register)
+
+
+def ddcolor_layout(size: str) -> Any:
+    """The untrained DDColor network of ``size`` (for ``imgflow models random``)."""
+    from imgflow_colorize.ddcolor import model
+
+    return model.build(size)
+
+
+def register_ddcolor_models(register: Callable[..., Any]) -> None:
+    """The four published DDColor sets. No digest could be confirmed for them, so each pins the
+    sha256 of its first download (see imgflow_colorize.ddcolor for what is known)."""
+    from imgflow.models import ModelSpec
+    from imgflow_colorize.ddcolor import LICENSE as DDCOLOR_LICENSE
+    from imgflow_colorize.ddcolor import PUBLISHED
+
+    for weights in PUBLISHED.values():
+        approx = weights.bytes or (911_950_059 if weights.size == "large" else 220_393_145)
+        register(ModelSpec(name=weights.name, url=weights.url, size=weights.bytes, license=DDCOLOR_LICENSE,
+                           stage="colorize.ddcolor", description=weights.description, pin_on_first_use=True,
+                           approx_size=approx, layout=functools.partial(ddcolor_layout, weights.size)))
