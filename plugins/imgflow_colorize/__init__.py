@@ -39,10 +39,12 @@ MODELS: dict[str, tuple[str, str, str]] = {
 
 @hookimpl
 def register_stages(register: Callable[[type[Stage]], None]) -> None:
-    """Register the ``colorize`` stage."""
+    """Register the ``colorize`` stage and the ``train.colorizer`` trainer."""
     from imgflow_colorize.stage import Colorize  # lazy: keeps `imgflow --help` fast
+    from imgflow_colorize.train import TrainColorizer
 
     register(Colorize)
+    register(TrainColorizer)
 
 
 @hookimpl
