@@ -406,7 +406,7 @@ class TrainColorizer(Stage):
 
         small, lab_small, colour = self.prepare(batch.items)
         items = [item for item, keep in zip(batch.items, colour.tolist(), strict=True) if keep]
-        self.sums["val_grey_skipped"] += len(batch.items) - len(items)
+        self.sums["grey_skipped_val"] += len(batch.items) - len(items)
         if not items:
             return
         small, lab_small = small[colour], lab_small[colour]
@@ -443,7 +443,7 @@ class TrainColorizer(Stage):
         if self.class_weights is None and self.prior_counts is not None:
             metrics["prior_bins_seen"] = float((self.prior_counts > 0).sum())
             self._prior_from_counts()
-        for key in ("grey_skipped", "val_grey_skipped"):
+        for key in ("grey_skipped", "grey_skipped_val"):
             if s[key]:
                 metrics[key] = s[key]
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
@@ -556,7 +556,7 @@ class TrainColorizer(Stage):
 
 def _fresh_sums() -> dict[str, float]:
     keys = ("train_loss", "train_steps", "grey_skipped", "val_images", "val_loss", "val_ab_error",
-            "val_colourfulness", "val_colourfulness_truth", "val_ab_error_hints", "val_grey_skipped")
+            "val_colourfulness", "val_colourfulness_truth", "val_ab_error_hints", "grey_skipped_val")
     return dict.fromkeys(keys, 0.0)
 
 
