@@ -429,6 +429,10 @@ class TrainColorizer(Stage):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         """The epoch's means (validation ones when there was validation), then the strip PNG."""
         s = self.sums
+        if not s["train_steps"] and s["grey_skipped"] and self.class_weights is not None:
+            raise ConfigError(f"stage '{self.id}': all {int(s['grey_skipped'])} training pictures of epoch {epoch + 1} "
+                              f"are greyscale (mean chroma under {GREY_CHROMA:g} ab units): there is no colour to learn "
+                              "(fix: point [input] path at colour photos)")
         metrics: dict[str, float] = {}
         if s["train_steps"]:
             metrics["loss"] = s["train_loss"] / s["train_steps"]

@@ -314,11 +314,44 @@ def test_importing_the_trainer_does_not_import_torch():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_greyscale_pictures_are_left_out_of_the_loss(untrained):
+def test_greyscale_pictures_are_left_out_and_counted(untrained):
     grey = item_of(np.repeat(colour_sets.palette_image(SIDE, 1).mean(2, keepdims=True), 3, 2).astype(np.uint8),
                    "grey.png")
     _, _, colour = untrained.prepare([grey, *palette_items(1, 2)])
     assert colour.tolist() == [False, True]
+    untrained.start_epoch(0)
+    with torch.no_grad():  # validation only: the shared trainer must not train
+        untrained.consume(Batch([grey, *palette_items(2, 2)], split="val"))
+        untrained.consume(Batch([grey], split="val"))
+    metrics = untrained.end_epoch(0)
+    assert metrics["grey_skipped_val"] == 2 and untrained.last_strip_png is not None
+    assert metrics["val_ab_error"] > 0 and "loss" not in metrics  # no training batch this epoch
+    untrained.start_epoch(1)
+    assert untrained.consume(Batch([grey], split="train")) == {"grey_skipped": 1.0}
+    with pytest.raises(ConfigError, match="all 1 training pictures of epoch 2 are greyscale .*fix: "):
+        untrained.end_epoch(1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", ["eccv16", "siggraph17"])
+def test_training_on_cuda_uses_bfloat16_and_saves_cpu_loadable_state(model):
+    stage = TrainColorizer(TrainColorizerParams(model=model, weights="random", model_size=64, lr=1e-3),
+                           StageContext(stage_id="colorizer"))
+    torch.manual_seed(0)
+    stage.setup(torch.device("cuda"))
+    assert stage.amp_dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
+    batch = Batch(palette_items(4, 0, size=64), split="train")
+    for item in batch.items:
+        item.image = item.image.cuda()
+    losses_seen = [stage.consume(batch)["loss"] for _ in range(3)]
+    assert all(math.isfinite(v) for v in losses_seen) and losses_seen[-1] < losses_seen[0]
+    buffer = io.BytesIO()
+    torch.save(stage.state_dict(), buffer)
+    state = torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=True)
+    assert all(v.device.type == "cpu" for v in state["model"].values())
+    plain = torch.load(io.BytesIO(stage.checkpoint_bytes()), weights_only=True)
+    networks.build(model).load_state_dict(plain, strict=True)
 
 
 def test_siggraph17_fine_tune_feeds_hints_keeps_taking_them_and_resumes_exactly(tmp_path, hinted_weights):
