@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -56,7 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
 RANDOM = "random"
 AB_NORM = 110.0
 GREY_CHROMA = 2.0  # mean ab distance from grey (Lab units) under which a photo counts as greyscale
-STRIP_TILE = 128  # the validation strip's tiles are at most this many pixels wide
+STRIP_FOLDER = "validation"
 DECODING_TOLERANCE = 0.5  # ab units: how far a checkpoint's model_out may be from the bin centres
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "val"}
 BLOCKS = {"eccv16": 8, "siggraph17": 11}  # see trainable.BLOCKS (kept here: no torch at import)
@@ -162,7 +160,7 @@ class TrainColorizer(Stage):
         self.amp_dtype: Any = None
         self.steps = 0
         self.sums = _fresh_sums()
-        self.strip: list[tuple[Any, Any, Any]] = []  # (grey, predicted, truth) tiles of this epoch
+        self.strip: Any = None  # this epoch's ValidationStrip (set up in setup)
         self.last_strip_png: bytes | None = None
 
     # -- configuration
@@ -215,6 +213,7 @@ class TrainColorizer(Stage):
         import torch
 
         from imgflow_colorize import bins, trainable
+        from imgflow_colorize.strip import ValidationStrip
 
         super().setup(device)
         p: TrainColorizerParams = self.params  # type: ignore[assignment]
@@ -232,6 +231,15 @@ class TrainColorizer(Stage):
         self.class_weights = None if self.counting_pass() else self._weights_from(table.prior)
         self.steps = 0
         self.sums = _fresh_sums()
+        self.strip = ValidationStrip(p.strip_images)
+        self._remove_stale_strip_temps()
+
+    def _remove_stale_strip_temps(self) -> None:
+        """A run killed while writing a strip leaves a hidden temp file; the rerun removes it."""
+        root = self.context.output_root
+        if root is not None:
+            for stale in (Path(root) / STRIP_FOLDER).glob(".epoch_*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def _network(self, centres: torch.Tensor) -> Any:
         """Random (torch's initialisation, seeded by the engine) or loaded strictly; for eccv16 the
@@ -271,8 +279,7 @@ class TrainColorizer(Stage):
         return bins.rebalance_weights(prior, self.params.rebalance).float().to(self.torch_device)
 
     def teardown(self) -> None:
-        self.net = self.optimizer = None
-        self.strip = []
+        self.net = self.optimizer = self.strip = None
 
     # -- batches
 
@@ -424,7 +431,7 @@ class TrainColorizer(Stage):
                 x = self.model_input(lab_small, self.validation_hints(items, lab_small))
                 _, hinted = self.losses(x, lab_small)
                 s["val_ab_error_hints"] += float(losses.ab_error(hinted, lab_small[:, 1:]).sum())
-        self._keep_for_strip(lab_small, predicted_rgb, small)
+        self.strip.add(lab_small, predicted_rgb, small)
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         """The epoch's means (validation ones when there was validation), then the strip PNG."""
@@ -457,7 +464,7 @@ class TrainColorizer(Stage):
 
     def start_epoch(self, epoch: int) -> None:
         self.sums = _fresh_sums()
-        self.strip = []
+        self.strip.clear()
 
     def _prior_from_counts(self) -> None:
         from imgflow_colorize import bins
@@ -471,47 +478,14 @@ class TrainColorizer(Stage):
 
     # -- the validation strip
 
-    def _keep_for_strip(self, lab_small: torch.Tensor, predicted_rgb: torch.Tensor, truth: torch.Tensor) -> None:
-        import torch
-
-        from imgflow_colorize import lab
-
-        room = self.params.strip_images - len(self.strip)
-        if room <= 0:
-            return
-        grey = lab.lab2rgb(torch.cat([lab_small[:room, :1], torch.zeros_like(lab_small[:room, 1:])], dim=1))
-        for tiles in zip(grey, predicted_rgb[:room], truth[:room], strict=True):
-            self.strip.append(tuple(_tile(t) for t in tiles))
-
-    def strip_png(self) -> bytes | None:
-        """This epoch's strip: one row per validation image, grey | predicted | truth."""
-        import numpy as np
-        from PIL import Image
-
-        if not self.strip:
-            return None
-        gap = 2
-        side = self.strip[0][0].shape[0]
-        canvas = np.full((len(self.strip) * (side + gap) - gap, 3 * (side + gap) - gap, 3), 255, dtype=np.uint8)
-        for row, tiles in enumerate(self.strip):
-            for col, tile in enumerate(tiles):
-                top, left = row * (side + gap), col * (side + gap)
-                canvas[top:top + side, left:left + side] = tile
-        out = io.BytesIO()
-        Image.fromarray(canvas).save(out, format="PNG", optimize=True)
-        return out.getvalue()
-
     def _write_strip(self, epoch: int) -> None:
-        """``validation/epoch_NNN.png`` under the output root, written atomically.
+        """``validation/epoch_NNN.png`` under the output root (see :mod:`.strip`)."""
+        from imgflow_colorize.strip import write_atomically
 
-        The training protocol has no per-epoch artefacts, so the stage writes this file itself;
-        a rerun of the epoch after a kill writes the same bytes again.
-        """
-        self.last_strip_png = self.strip_png()
+        self.last_strip_png = self.strip.png() if self.strip is not None else None
         root = self.context.output_root
-        if self.last_strip_png is None or root is None:
-            return
-        _atomic_write(Path(root) / "validation" / f"epoch_{epoch + 1:03d}.png", self.last_strip_png)
+        if self.last_strip_png is not None and root is not None:
+            write_atomically(Path(root) / STRIP_FOLDER / f"epoch_{epoch + 1:03d}.png", self.last_strip_png)
 
     # -- resuming and the result
 
@@ -562,31 +536,6 @@ def _fresh_sums() -> dict[str, float]:
     keys = ("train_loss", "train_steps", "grey_skipped", "val_images", "val_loss", "val_ab_error",
             "val_colourfulness", "val_colourfulness_truth", "val_ab_error_hints", "grey_skipped_val")
     return dict.fromkeys(keys, 0.0)
-
-
-def _tile(image: torch.Tensor) -> Any:
-    """``(3, S, S)`` in [0, 1] -> an HxWx3 uint8 array at most STRIP_TILE pixels wide."""
-    from torch.nn import functional as F
-
-    x = image.detach().float().unsqueeze(0)
-    if x.shape[-1] > STRIP_TILE:
-        x = F.interpolate(x, size=(STRIP_TILE, STRIP_TILE), mode="bilinear", antialias=True, align_corners=False)
-    return (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _to_cpu(value: Any) -> Any:
