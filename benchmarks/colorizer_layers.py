@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     say(f"{args.model} at {args.size} px, batch {args.batch_size}, device {device}, torch threads "
-        f"{torch.get_num_threads()}; pretrain {args.pretrain_steps} steps, fine-tune {args.steps} steps at lr {args.lr}")
+        f"{torch.get_num_threads()}; pretrain {args.pretrain_steps} steps, fine-tune {args.steps} steps at "
+        f"lr {args.lr}")
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="colorizer-layers-") as tmp:
         work = Path(tmp)

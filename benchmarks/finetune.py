@@ -367,13 +367,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="classifier 64 pictures, 2 epochs, 112 px; colorizer 32 pictures, 2 epochs, 64 px")
     parser.add_argument("--count", type=int, default=None,
-                        help=f"training pictures (default {DEFAULTS['count']}; colorizer {colorizer.DEFAULTS['count']})")
+                        help=f"training pictures (default {DEFAULTS['count']}; colorizer "
+                             f"{colorizer.DEFAULTS['count']})")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULTS['epochs']})")
     parser.add_argument("--image-size", type=int, default=None,
                         help=f"network input side (default {DEFAULTS['image_size']}; colorizer "
                              f"{colorizer.DEFAULTS['image_size']})")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"batch size (default {DEFAULTS['batch_size']}; colorizer {colorizer.DEFAULTS['batch_size']})")
+                        help=f"batch size (default {DEFAULTS['batch_size']}; colorizer "
+                             f"{colorizer.DEFAULTS['batch_size']})")
     parser.add_argument("--workers", type=int, default=2, help="decode workers / DataLoader workers (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--reps", type=int, default=1, help="alternated runs per side (default 1; medians reported)")

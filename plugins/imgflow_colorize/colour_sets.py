@@ -61,7 +61,8 @@ def write_palette_set(folder: Path, *, train: int, val: int, size: int = 64, see
     for split, count, offset in (("train", train, 0), ("val", val, 1_000_000)):
         (folder / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            Image.fromarray(palette_image(size, seed * 7_919 + offset + i, palette)).save(folder / split / f"p_{i:03d}.png")
+            picture = palette_image(size, seed * 7_919 + offset + i, palette)
+            Image.fromarray(picture).save(folder / split / f"p_{i:03d}.png")
     return folder
 
 

@@ -33,7 +33,7 @@ def hint_count(generator: torch.Generator, p: float) -> int:
     if p >= 1.0:
         return 0
     u = float(torch.rand((), generator=generator))
-    return int(math.floor(math.log1p(-u) / math.log1p(-p)))
+    return math.floor(math.log1p(-u) / math.log1p(-p))
 
 
 def simulate_hints(ab: torch.Tensor, generator: torch.Generator, *, p: float = 0.125, max_patch: int = 9,

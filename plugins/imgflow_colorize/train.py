@@ -140,7 +140,7 @@ class TrainColorizerParams(Params):
 class TrainColorizer(Stage):
     name = "train.colorizer"
     kind = StageKind.TRAIN
-    description = "Fine-tune a Zhang et al. colorizer (ECCV16 / SIGGRAPH17) on colour photos; writes a checkpoint colorize loads."
+    description = "Fine-tune Zhang et al.'s ECCV16 / SIGGRAPH17 colorizer on colour photos, for colorize to load."
     reads = ("image",)
     writes = ()
     consumes = True
@@ -296,7 +296,8 @@ class TrainColorizer(Stage):
         chroma = lab_small[:, 1:].square().sum(dim=1).sqrt().flatten(1).mean(dim=1)
         return small, lab_small, chroma >= GREY_CHROMA
 
-    def model_input(self, lab_small: torch.Tensor, hints: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+    def model_input(self, lab_small: torch.Tensor,
+                    hints: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
         """(L - 50) / 100, plus the hint ab and mask planes for siggraph17 (zeros without hints)."""
         import torch
 
@@ -374,7 +375,7 @@ class TrainColorizer(Stage):
         if batch.split != "train":
             self.validate(batch)
             return None
-        small, lab_small, colour = self.prepare(batch.items)
+        _, lab_small, colour = self.prepare(batch.items)
         items = [item for item, keep in zip(batch.items, colour.tolist(), strict=True) if keep]
         self.sums["grey_skipped"] += len(batch.items) - len(items)
         if not items:
@@ -437,9 +438,9 @@ class TrainColorizer(Stage):
         """The epoch's means (validation ones when there was validation), then the strip PNG."""
         s = self.sums
         if not s["train_steps"] and s["grey_skipped"] and self.class_weights is not None:
-            raise ConfigError(f"stage '{self.id}': all {int(s['grey_skipped'])} training pictures of epoch {epoch + 1} "
-                              f"are greyscale (mean chroma under {GREY_CHROMA:g} ab units): there is no colour to learn "
-                              "(fix: point [input] path at colour photos)")
+            raise ConfigError(f"stage '{self.id}': all {int(s['grey_skipped'])} training pictures of epoch "
+                              f"{epoch + 1} are greyscale (mean chroma under {GREY_CHROMA:g} ab units): there is no "
+                              "colour to learn (fix: point [input] path at colour photos)")
         metrics: dict[str, float] = {}
         if s["train_steps"]:
             metrics["loss"] = s["train_loss"] / s["train_steps"]
