@@ -10,6 +10,7 @@ module within its time budget on two shared cores.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +80,7 @@ def epoch_rows(output: Path) -> list[dict[str, str]]:
 
 def ab_error_of(images: list[torch.Tensor], truths: list[torch.Tensor]) -> float:
     """Mean ab distance (Lab units) between colorized images and the true colours."""
-    errors = [losses.ab_error(lab.rgb2lab(a)[None, 1:], lab.rgb2lab(b)[None, 1:]) for a, b in zip(images, truths)]
+    errors = [losses.ab_error(lab.rgb2lab(a)[None, 1:], lab.rgb2lab(b)[None, 1:]) for a, b in zip(images, truths, strict=True)]
     return float(torch.cat(errors).mean())
 
 
@@ -371,7 +373,7 @@ def test_siggraph17_fine_tune_feeds_hints_keeps_taking_them_and_resumes_exactly(
     (x,) = seen
     lab_small = lab.rgb2lab(torch.stack([i.image for i in data[0].items]))
     assert torch.allclose(x[:, 0], (lab_small[:, 0] - 50) / 100, atol=1e-5)
-    for row, item, lab_image in zip(x, data[0].items, lab_small):
+    for row, item, lab_image in zip(x, data[0].items, lab_small, strict=True):
         planes, mask, _ = hints.simulate_hints(lab_image[1:], item.generator("colorizer"), p=0.125, max_patch=9)
         assert torch.allclose(row[1:3], planes, atol=1e-5) and torch.equal(row[3:], mask)
     assert float(x[:, 3].sum()) > 0  # these four pictures drew hints
@@ -440,6 +442,23 @@ def hint_taking_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
+def cli_plugins() -> Iterator[None]:
+    """The colorize and augment plugins registered in-process, unless their entry points already
+    loaded them (the CLI runs below use train.colorizer and flip_horizontal)."""
+    import imgflow_augment
+    import imgflow_colorize
+
+    from imgflow import plugins
+    from imgflow.testing import register_plugin
+
+    with contextlib.ExitStack() as stack:
+        for module, name in ((imgflow_colorize, "colorize"), (imgflow_augment, "augment")):
+            if not plugins.get_plugin_manager().is_registered(module):
+                stack.enter_context(register_plugin(module, name=name))
+        yield
+
+
+@pytest.fixture(scope="module")
 def palette_set(tmp_path_factory) -> Path:
     return colour_sets.write_palette_set(tmp_path_factory.mktemp("palette"), train=16, val=4, size=SIDE)
 
@@ -452,7 +471,7 @@ def training_pipeline(tmp_path: Path, data: Path, name: str, **run) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, palette_set) -> Path:
+def trained(tmp_path_factory, palette_set, cli_plugins) -> Path:
     """One uninterrupted training run through the CLI; its output folder."""
     folder = tmp_path_factory.mktemp("trained")
     code, text = invoke("run", training_pipeline(folder, palette_set, "out"))
