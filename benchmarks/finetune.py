@@ -1,8 +1,16 @@
-"""Fine-tune benchmark: imgflow's ``train.classifier`` versus a plain torchvision training loop (issue #6).
+"""Fine-tune benchmark: imgflow's ``train.classifier`` (issue #6) and ``train.colorizer`` (issue #13)
+versus plain DataLoader training loops doing the same work.
 
-    uv run python benchmarks/finetune.py                 # 240 pictures, 3 epochs, 224 px, batch 32, CPU
-    uv run python benchmarks/finetune.py --quick         # 64 pictures, 2 epochs, 112 px: a smoke run
+    uv run python benchmarks/finetune.py                 # both; classifier: 240 pictures, 3 epochs, 224 px,
+                                                         #   batch 32; colorizer: 96 pictures, 3 epochs, 128 px,
+                                                         #   batch 16; CPU
+    uv run python benchmarks/finetune.py --quick         # smaller sizes: a smoke run
+    uv run python benchmarks/finetune.py --only colorizer --device cuda --count 2000 --image-size 256 --batch-size 64
     uv run python benchmarks/finetune.py --device cuda --count 2000 --batch-size 128 --epochs 4
+
+--count, --epochs, --image-size and --batch-size apply to every benchmark that runs; unset, each
+has its own defaults. The colorizer half is described in ``_finetune_colorizer.py``; the
+classifier half below.
 
 Both sides train the same network the same way, over the same generated ImageFolder tree
 (``imgflow datasets make-shapes``, pictures 320 to 480 px like the hot-dog photos, JPEG q92):
@@ -29,9 +37,10 @@ also writes checkpoints, metrics and model.pt). Target: imgflow >= 0.9x the refe
 
 No weights are downloaded (random init on both sides: throughput does not depend on the values).
 
-Internal sub-command (run as a subprocess; it imports torch, this process never does):
+Internal sub-commands (run as subprocesses; they import torch, this process never does):
 
     python benchmarks/finetune.py reference DATA --epochs E --batch-size B --image-size S --workers W --device D
+    python benchmarks/finetune.py colorizer-reference DATA --epochs E ... (the same options)
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ from _common import (  # noqa: E402
     warm_page_cache,
 )
 from engine import bench_env  # noqa: E402
+
+import _finetune_colorizer as colorizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 THIS = Path(__file__).resolve()
@@ -350,13 +361,21 @@ def internal_main(argv: list[str]) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="imgflow's train.classifier versus a torchvision DataLoader training loop.")
-    parser.add_argument("--quick", action="store_true", help="64 pictures, 2 epochs, 112 px: a smoke run")
-    parser.add_argument("--count", type=int, default=None, help=f"training pictures (default {DEFAULTS['count']})")
+        description="imgflow's train.classifier and train.colorizer versus DataLoader training loops.")
+    parser.add_argument("--only", choices=["classifier", "colorizer"], default=None,
+                        help="run one of the two benchmarks (default: both)")
+    parser.add_argument("--quick", action="store_true",
+                        help="classifier 64 pictures, 2 epochs, 112 px; colorizer 32 pictures, 2 epochs, 64 px")
+    parser.add_argument("--count", type=int, default=None,
+                        help=f"training pictures (default {DEFAULTS['count']}; colorizer "
+                             f"{colorizer.DEFAULTS['count']})")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULTS['epochs']})")
     parser.add_argument("--image-size", type=int, default=None,
-                        help=f"network input side (default {DEFAULTS['image_size']})")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {DEFAULTS['batch_size']})")
+                        help=f"network input side (default {DEFAULTS['image_size']}; colorizer "
+                             f"{colorizer.DEFAULTS['image_size']})")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"batch size (default {DEFAULTS['batch_size']}; colorizer "
+                             f"{colorizer.DEFAULTS['batch_size']})")
     parser.add_argument("--workers", type=int, default=2, help="decode workers / DataLoader workers (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--reps", type=int, default=1, help="alternated runs per side (default 1; medians reported)")
@@ -370,12 +389,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "reference":
         return internal_main(argv)
+    if argv and argv[0] == "colorizer-reference":
+        return colorizer.internal_main(argv[1:])
     args = parse_args(argv)
     if missing_console_script("finetune.py"):
         return 2
-    base = QUICK if args.quick else DEFAULTS
-    settings = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in base.items()}
-    if min(settings.values()) < 1 or args.reps < 1 or settings["count"] < CLASSES:
+    which = [args.only] if args.only else ["classifier", "colorizer"]
+    settings = {}
+    for name, defaults, quick in (("classifier", DEFAULTS, QUICK), ("colorizer", colorizer.DEFAULTS, colorizer.QUICK)):
+        base = quick if args.quick else defaults
+        settings[name] = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+    if any(min(settings[n].values()) < 1 for n in which) or args.reps < 1 or settings["classifier"]["count"] < CLASSES:
         print(f"benchmarks/finetune.py: --count (>= {CLASSES}), --epochs, --image-size, --batch-size and --reps "
               f"must be positive, got {settings} and reps {args.reps}", file=sys.stderr)
         return 2
@@ -384,19 +408,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"imgflow: {IMGFLOW}; work folder: {args.workdir.resolve()}"
           + ("; --quick: a smoke run, not figures to quote" if args.quick else ""))
     print(flush=True)
-    bench = Bench(**settings, workers=args.workers, device=args.device, reps=args.reps,
-                  workdir=args.workdir.resolve(), say=lambda msg: print(msg, flush=True))
+    say = lambda msg: print(msg, flush=True)  # noqa: E731
+    table, runs = [], {}
     try:
-        table = measure(bench)
+        if "classifier" in which:
+            bench = Bench(**settings["classifier"], workers=args.workers, device=args.device, reps=args.reps,
+                          workdir=args.workdir.resolve(), say=say)
+            table += measure(bench)
+            runs["classifier"] = bench.runs
+        if "colorizer" in which:
+            cbench = colorizer.ColorizerBench(**settings["colorizer"], workers=args.workers, device=args.device,
+                                              reps=args.reps, workdir=args.workdir.resolve(), say=say,
+                                              env=child_env())
+            table += colorizer.measure(cbench)
+            runs["colorizer"] = cbench.runs
     except BenchmarkError as exc:
         print(f"benchmarks/finetune.py: {exc}", file=sys.stderr)
         return 1
     print()
     print_table(table)
     if args.json:
-        args.json.write_text(json.dumps({"machine": facts, "settings": settings, "device": args.device,
-                                         "rows": [r.as_dict() for r in table], "runs": bench.runs},
-                                        indent=2) + "\n")
+        args.json.write_text(json.dumps({"machine": facts, "settings": {n: settings[n] for n in which},
+                                         "device": args.device, "rows": [r.as_dict() for r in table],
+                                         "runs": runs}, indent=2) + "\n")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Inputs are the metric records of :meth:`imgflow.state.StateStore.iter_metrics` (dicts with
 ``epoch``, maybe ``step``, ``run_id`` and the stage's own numbers). The plot groups what the
-numbers are: losses per step (when the trainer logged steps), losses per epoch, and accuracies
-per epoch, so a classifier and a style trainer both get readable curves without configuration.
+numbers are: losses per step (when the trainer logged steps), losses per epoch, accuracies per
+epoch, and other validation measures (``val_*`` keys that are neither) per epoch, so a classifier,
+a style trainer and a colorizer all get readable curves without configuration.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def _is_accuracy(key: str) -> bool:
     return "acc" in key
 
 
+def _is_other_validation(key: str) -> bool:
+    """Validation measures that are neither losses nor accuracies (e.g. a colour error)."""
+    return key.startswith("val_") and not _is_loss(key) and not _is_accuracy(key)
+
+
 def plot_png(epochs: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]], title: str) -> bytes:
     """One PNG with a panel per group of curves that has data."""
     import matplotlib
@@ -68,6 +74,9 @@ def plot_png(epochs: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]], 
     accuracies = _numeric_keys(epochs, _is_accuracy)
     if accuracies:
         panels.append(("accuracy per epoch", "epoch", epochs, accuracies))
+    validation = _numeric_keys(epochs, _is_other_validation)
+    if validation:
+        panels.append(("validation per epoch", "epoch", epochs, validation))
     if not panels:
         others = _numeric_keys(epochs, lambda k: k not in ("images", "seconds", "images_per_s"))
         panels.append(("metrics per epoch", "epoch", epochs, others))

@@ -51,12 +51,14 @@ def network_layout(name: str) -> Any:
 
 @hookimpl
 def register_stages(register: Callable[[type[Stage]], None]) -> None:
-    """Register the ``colorize`` and ``colorize.ddcolor`` stages."""
+    """Register the ``colorize`` and ``colorize.ddcolor`` stages and the ``train.colorizer`` trainer."""
     from imgflow_colorize.ddcolor.stage import ColorizeDDColor  # lazy: keeps `imgflow --help` fast
     from imgflow_colorize.stage import Colorize
+    from imgflow_colorize.train import TrainColorizer
 
     register(Colorize)
     register(ColorizeDDColor)
+    register(TrainColorizer)
 
 
 @hookimpl
