@@ -510,9 +510,9 @@ def test_short_training_from_random_weights_beats_the_untrained_network(trained,
 
 def test_training_writes_strips_curves_and_manifest_records(trained):
     for epoch in (1, 2, 3):
-        strip = Image.open(trained / "previews" / "colorizer" / f"epoch_{epoch:03d}.png"  # the stage id)
+        strip = Image.open(trained / "previews" / "colorizer" / f"epoch_{epoch:03d}.png")  # previews/<stage id>/
         assert strip.size == (3 * SIDE + 4, 3 * SIDE + 4) and strip.mode == "RGB"  # 3 images x grey|pred|truth
-    strip = np.asarray(Image.open(trained / "previews" / "train.colorizer" / "epoch_003.png")).astype(int)
+    strip = np.asarray(Image.open(trained / "previews" / "colorizer" / "epoch_003.png")).astype(int)
     grey, truth = strip[:SIDE, :SIDE], strip[:SIDE, 2 * (SIDE + 2):]
     assert np.abs(grey - grey[..., :1]).max() <= 1 and np.abs(truth - truth[..., :1]).max() > 40
     assert (trained / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
