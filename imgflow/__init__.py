@@ -16,6 +16,7 @@ _EXPORTS = {
     "Batch": "imgflow.batch",
     "ImageMeta": "imgflow.batch",
     "Item": "imgflow.batch",
+    "Targets": "imgflow.batch",
     "ConfigError": "imgflow.errors",
     "ImgflowError": "imgflow.errors",
     "ItemError": "imgflow.errors",
@@ -30,7 +31,7 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from imgflow.batch import Artifact, Batch, ImageMeta, Item
+    from imgflow.batch import Artifact, Batch, ImageMeta, Item, Targets
     from imgflow.errors import ConfigError, ImgflowError, ItemError
     from imgflow.hookspecs import hookimpl
     from imgflow.stage import Params, Stage, StageContext, StageKind, derive_seed

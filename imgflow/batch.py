@@ -5,6 +5,8 @@ Layout (the one every stage can rely on):
                   Grayscale inputs arrive as three equal channels; ``meta.mode`` says what the
                   file was. 16-bit inputs keep their levels (values are k/65535).
   ``Item.alpha``  None, or torch.float32 (1, H, W) in [0, 1] (straight, not premultiplied).
+  ``Item.targets`` None, or the item's training labels (:class:`Targets`, in training runs of
+                  detectors and segmenters): geometric augmenters move them with the pixels.
 Stages return images in the same layout; the writer quantises to 8 or 16 bits at the end.
 """
 
@@ -62,6 +64,23 @@ class Artifact:
 
 
 @dataclass
+class Targets:
+    """What a detector or segmenter learns from one image, in that image's pixel coordinates.
+
+    ``boxes``   float32 (N, 4): x1, y1, x2, y2 in pixels (corner form, no +1 convention);
+    ``labels``  int64 (N,): the class index of each box;
+    ``mask``    int64 (1, H, W) the image's size: a class index per pixel, 255 = ignore.
+    Any of them may be None (a detector has no mask, a segmenter no boxes). A trainer provides them
+    (``Stage.targets_of``); augmenters that move pixels (flip, crop, resize) move them too, and
+    replace the object rather than change its tensors, so fan-out copies never share an edit.
+    """
+
+    boxes: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+@dataclass
 class Item:
     """One image travelling through the stages.
 
@@ -80,6 +99,7 @@ class Item:
     results: dict[str, Any] = field(default_factory=dict)  # stage id -> JSON-able result
     artifacts: list[Artifact] = field(default_factory=list)
     write_image: bool = True
+    targets: Targets | None = None  # training labels of detectors/segmenters (see Targets)
 
     @property
     def key(self) -> str:
@@ -114,6 +134,7 @@ class Item:
             results=dict(self.results),
             artifacts=list(self.artifacts),
             write_image=self.write_image,
+            targets=self.targets,
         )
 
 

@@ -66,7 +66,8 @@ class ItemError(Exception):
     """One work item failed; the run goes on. ``code`` is a stable reason code for the manifest.
 
     Reason codes: unreadable, file_too_large, unsupported_format, decode_error, too_many_pixels,
-    memory_limit, decoder_crash, decoder_timeout, stage_error, write_error, output_exists.
+    memory_limit, decoder_crash, decoder_timeout, stage_error, label_error (a trainer could not read
+    the input's boxes or mask), write_error, output_exists.
     """
 
     def __init__(self, code: str, message: str) -> None:

@@ -273,14 +273,22 @@ class TrainingRun:
         from imgflow.batch import Batch
         from imgflow.runner import to_item
 
-        items = []
+        items, labelled, unlabelled = [], [], set()
         for p in pending:
             item = to_item(p, self.seed)
             item.epoch = epoch
+            try:  # the trainer's boxes/mask ride along, so geometric augmenters move them too
+                item.targets = self.trainer.targets_of(item.source, *item.image.shape[-2:])
+            except ItemError as error:
+                unlabelled.add(p.task.source.relpath)
+                self._record_failure_once(ctx, p, error)
+                continue
             items.append(item)
+            labelled.append(p)
         batch = Batch(items, device="cpu", split=split)
         stages = [s for s in self.upstream if split == "train" or not s.train_only]
-        batch, failed = self._upstream(batch, stages, pending, ctx)
+        batch, failed = self._upstream(batch, stages, labelled, ctx)
+        failed |= unlabelled
         metrics = self._consume(batch) if len(batch) else None
         for p in pending:
             if p.task.source.relpath not in self._recorded and p.task.source.relpath not in failed:
@@ -310,7 +318,7 @@ class TrainingRun:
         """Run the non-consuming stages; on an error, item by item, so one bad image fails alone."""
         import torch
 
-        from imgflow.runner import Task, _place
+        from imgflow.runner import _place
 
         def apply(b: Batch) -> Batch:
             for stage in stages:
@@ -330,11 +338,16 @@ class TrainingRun:
                 kept.extend(apply(batch.with_items([item])).items)
             except Exception as exc:
                 failed.add(p.task.source.relpath)
-                if p.task.source.relpath not in self._recorded:
-                    self._recorded.add(p.task.source.relpath)
-                    error = ItemError("stage_error", f"{type(exc).__name__}: {exc}")
-                    self.runner._record_failure(ctx, Task(p.task.source, None), error, {})
+                self._record_failure_once(ctx, p, ItemError("stage_error", f"{type(exc).__name__}: {exc}"))
         return batch.with_items(kept), failed
+
+    def _record_failure_once(self, ctx: _RunContext, pending: Any, error: ItemError) -> None:
+        """Record an input failed the first time it fails (it comes back every epoch)."""
+        from imgflow.runner import Task
+
+        if pending.task.source.relpath not in self._recorded:
+            self._recorded.add(pending.task.source.relpath)
+            self.runner._record_failure(ctx, Task(pending.task.source, None), error, {})
 
     def _consume(self, batch: Batch) -> dict[str, Any] | None:
         import torch
