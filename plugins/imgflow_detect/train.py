@@ -71,7 +71,7 @@ class TrainDetectorParams(Params):
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (both recipes) or adamw.")
     schedule: Literal["none", "cosine"] = Field("none", description="Learning rate over epochs: constant or "
                                                 "cosine to 0.")
-    image_size: int = Field(256, ge=32, le=4096, description="tiny_ssd: the square every image is resized to "
+    image_size: int = Field(256, ge=64, le=4096, description="tiny_ssd: the square every image is resized to "
                             "(the book's 256: 5,444 anchors). torchvision detectors resize on their own.")
     pretrained: bool = Field(True, description="torchvision detectors: start from the COCO weights "
                              "(detect-<model>); false trains from scratch.")
@@ -205,6 +205,7 @@ class TrainDetector(Stage):
         self.amp_dtype = kit.amp_dtype(device, p.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.counters = _fresh_counters()
+        self._fresh_validation()
 
     def teardown(self) -> None:
         self.net = self.optimizer = self.scheduler = self.scaler = None
@@ -222,9 +223,14 @@ class TrainDetector(Stage):
     # -- the training protocol
 
     def start_epoch(self, epoch: int) -> None:
+        self.counters = _fresh_counters()
+        self._fresh_validation()
+
+    def _fresh_validation(self) -> None:
+        """Empty mAP and preview collections (every epoch, and after setup: a resumed run may
+        start mid-epoch, without start_epoch)."""
         from imgflow_detect.evaluate import MapAccumulator
 
-        self.counters = _fresh_counters()
         self._val = MapAccumulator(self.classes)
         self._shown = []
 
