@@ -82,7 +82,7 @@ class TrainDetectorParams(Params):
     amp: bool = Field(True, description="Mixed precision on CUDA; ignored on the CPU.")
     previews: int = Field(4, ge=0, le=64, description="Validation images drawn with their boxes in "
                           "previews/epoch_NNN.png after each epoch (0: none).")
-    preview_threshold: float = Field(0.5, ge=0, le=1, description="Score from which a detection is drawn.")
+    preview_threshold: float = Field(0.3, ge=0, le=1, description="Score from which a detection is drawn.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainDetectorParams:
