@@ -1,8 +1,14 @@
-"""Fine-tune benchmark: imgflow's ``train.classifier`` versus a plain torchvision training loop (issue #6).
+"""Fine-tune benchmark: imgflow's trainers versus plain torchvision training loops (issues #6, #14).
 
     uv run python benchmarks/finetune.py                 # 240 pictures, 3 epochs, 224 px, batch 32, CPU
     uv run python benchmarks/finetune.py --quick         # 64 pictures, 2 epochs, 112 px: a smoke run
     uv run python benchmarks/finetune.py --device cuda --count 2000 --batch-size 128 --epochs 4
+    uv run python benchmarks/finetune.py --tasks detector segmenter     # train.detector / train.segmenter
+
+``--tasks`` picks the comparisons: ``classifier`` (below), ``detector`` and ``segmenter`` (see
+``_trainers.py``: Tiny SSD or a torchvision detector, d2l.ai's FCN, on generated banana pictures,
+against a Dataset + transforms v2 + DataLoader loop with the same model, loss and augmentation).
+The classifier comparison:
 
 Both sides train the same network the same way, over the same generated ImageFolder tree
 (``imgflow datasets make-shapes``, pictures 320 to 480 px like the hot-dog photos, JPEG q92):
@@ -61,6 +67,7 @@ from _common import (  # noqa: E402
     warm_page_cache,
 )
 from engine import bench_env  # noqa: E402
+import _trainers  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 THIS = Path(__file__).resolve()
@@ -71,6 +78,7 @@ SEED = 0
 LR, HEAD_MULT, WEIGHT_DECAY = 5e-5, 10.0, 1e-3
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULTS = {"count": 240, "epochs": 3, "image_size": 224, "batch_size": 32}
+TASKS = ("classifier", "detector", "segmenter")
 QUICK = {"count": 64, "epochs": 2, "image_size": 112, "batch_size": 16}
 
 
@@ -337,9 +345,23 @@ def internal_main(argv: list[str]) -> int:
     ref.add_argument("--image-size", type=int, required=True)
     ref.add_argument("--workers", type=int, required=True)
     ref.add_argument("--device", required=True)
+    for task in ("detector", "segmenter"):
+        other = sub.add_parser(f"reference-{task}", help=f"the torchvision {task} training loop")
+        other.add_argument("data", type=Path)
+        for name in ("--epochs", "--batch-size", "--size", "--crop", "--workers"):
+            other.add_argument(name, type=int, required=True)
+        other.add_argument("--model", required=True)
+        other.add_argument("--device", required=True)
     args = parser.parse_args(argv)
-    print(json.dumps(reference_loop(args.data, args.epochs, args.batch_size, args.image_size, args.workers,
-                                    args.device)))
+    if args.command == "reference-detector":
+        result = _trainers.reference_detector(args.data, args.model, args.epochs, args.batch_size, args.size,
+                                              args.workers, args.device)
+    elif args.command == "reference-segmenter":
+        result = _trainers.reference_segmenter(args.data, args.epochs, args.batch_size, args.crop, args.workers,
+                                               args.device)
+    else:
+        result = reference_loop(args.data, args.epochs, args.batch_size, args.image_size, args.workers, args.device)
+    print(json.dumps(result))
     return 0
 
 
@@ -363,12 +385,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=HERE / "_work",
                         help="generated inputs (cached), pipelines and outputs (default: benchmarks/_work)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures and machine facts here")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
+                        help="which trainers to compare (default: all three)")
+    parser.add_argument("--detector-model", default="tiny_ssd",
+                        help="train.detector's model: tiny_ssd (default) or a torchvision detector, random init")
+    parser.add_argument("--trainer-count", type=int, default=None,
+                        help="detector/segmenter training pictures (default 160; --quick 32)")
+    parser.add_argument("--trainer-size", type=int, default=256, help="side of those pictures (default 256)")
+    parser.add_argument("--trainer-epochs", type=int, default=None, help="their epochs (default 3; --quick 2)")
+    parser.add_argument("--trainer-batch-size", type=int, default=16, help="their batch size (default 16)")
+    parser.add_argument("--crop", type=int, default=224, help="the segmenter's random crops (default 224)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "reference":
+    if argv and argv[0] in ("reference", "reference-detector", "reference-segmenter"):
         return internal_main(argv)
     args = parse_args(argv)
     if missing_console_script("finetune.py"):
@@ -384,10 +416,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"imgflow: {IMGFLOW}; work folder: {args.workdir.resolve()}"
           + ("; --quick: a smoke run, not figures to quote" if args.quick else ""))
     print(flush=True)
-    bench = Bench(**settings, workers=args.workers, device=args.device, reps=args.reps,
-                  workdir=args.workdir.resolve(), say=lambda msg: print(msg, flush=True))
+    say = lambda msg: print(msg, flush=True)  # noqa: E731
+    table, runs = [], {}
     try:
-        table = measure(bench)
+        if "classifier" in args.tasks:
+            bench = Bench(**settings, workers=args.workers, device=args.device, reps=args.reps,
+                          workdir=args.workdir.resolve(), say=say)
+            table += measure(bench)
+            runs["classifier"] = bench.runs
+        for task in ("detector", "segmenter"):
+            if task not in args.tasks:
+                continue
+            other = _trainers.TrainerBench(
+                task=task, model=args.detector_model if task == "detector" else "fcn_resnet18",
+                count=args.trainer_count or (32 if args.quick else 160), size=args.trainer_size,
+                epochs=args.trainer_epochs or (2 if args.quick else 3), batch_size=args.trainer_batch_size,
+                crop=args.crop, workers=args.workers, device=args.device, reps=args.reps,
+                workdir=args.workdir.resolve(), say=say)
+            table += _trainers.measure(other, child_env())
+            runs[task] = other.runs
     except BenchmarkError as exc:
         print(f"benchmarks/finetune.py: {exc}", file=sys.stderr)
         return 1
@@ -395,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(table)
     if args.json:
         args.json.write_text(json.dumps({"machine": facts, "settings": settings, "device": args.device,
-                                         "rows": [r.as_dict() for r in table], "runs": bench.runs},
+                                         "rows": [r.as_dict() for r in table], "runs": runs},
                                         indent=2) + "\n")
     return 0
 
