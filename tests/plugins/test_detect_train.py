@@ -67,6 +67,14 @@ def bananas(tmp_path_factory) -> Path:
     return root
 
 
+def test_importing_the_trainer_modules_does_not_import_torch():
+    code = ("import sys, imgflow_detect.train, imgflow_detect.labels, imgflow_detect.networks, imgflow_detect.bananas, "
+            "imgflow_detect.evaluate, imgflow_segment.train, imgflow_segment.masks, imgflow_finetune.kit; "
+            "bad = [m for m in ('torch', 'torchvision', 'numpy', 'pycocotools') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
 # ---------------------------------------------------------------------------------------------
 # labels: COCO (as detect writes it), YOLO (as detect writes it), d2l's CSV
 # ---------------------------------------------------------------------------------------------
@@ -377,3 +385,27 @@ def test_an_image_whose_labels_are_broken_fails_alone(bananas, tmp_path):
     assert sum(r["status"] == "done" for r in records.values()) == 19  # 10 + 10 labelled, one broken
     assert (tmp_path / "out" / "detector.pt").exists()
 
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", ["tiny_ssd", SSDLITE])
+def test_cuda_training_with_mixed_precision_then_detect_on_the_cpu(bananas, tmp_path, model):
+    out = tmp_path / "trained"
+    stage = {"use": "train.detector", "id": "detector", "model": model, "epochs": 2, "amp": True}
+    stage.update({"image_size": 64} if model == "tiny_ssd" else {"pretrained": False})
+    code, text = invoke("run", write_pipeline(tmp_path / "t.toml", input=bananas, output=out, stages=[stage],
+                                              run={"device": "cuda", "batch_size": 8}))
+    assert code == 0, text
+    epochs = read_csv(out / "metrics.csv")
+    assert len(epochs) == 2 and all(float(r["loss"]) == float(r["loss"]) for r in epochs)  # finite, not NaN
+    doc = torch.load(out / "detector.pt", map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for t in doc["state_dict"].values())
+    code, text = invoke("run", REPO / "pipelines" / "detect_bananas.toml", "-i", bananas / "val", "-o", tmp_path / "found",
+                        "-p", f"detect.weights={json.dumps(str(out / 'detector.pt'))}", "--device", "cpu")
+    assert code == 0, text

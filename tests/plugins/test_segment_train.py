@@ -169,3 +169,18 @@ def test_train_segmenter_then_segment_bananas_through_the_cli(bananas, tmp_path)
                                     np.asarray(Image.open(bananas / "masks" / "val" / f"img_{i:04d}.png"))
                                     for i in range(16)])))
     assert agree == pytest.approx(float(epochs[-1]["val_pixel_acc"]), abs=1e-3)  # segment = the validation pass
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_with_mixed_precision_then_segment_on_the_cpu(bananas, tmp_path):
+    out = tmp_path / "trained"
+    code, text = invoke("run", REPO / "pipelines" / "train_segmenter.toml", "-i", bananas, "-o", out, "--device", "cuda",
+                        "-b", "8", "-p", "segmenter.epochs=2", "-p", "segmenter.crop=[96, 96]", "-p", "segmenter.amp=true")
+    assert code == 0, text
+    doc = torch.load(out / "segmenter.pt", map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for t in doc["state_dict"].values())
+    code, text = invoke("run", REPO / "pipelines" / "segment_bananas.toml", "-i", bananas / "val", "-o", tmp_path / "found",
+                        "--device", "cpu", "-p", f"segment.weights={json.dumps(str(out / 'segmenter.pt'))}")
+    assert code == 0, text
+    assert len(list((tmp_path / "found" / "masks").glob("*.png"))) == 16
