@@ -21,6 +21,7 @@ all epochs so the next epoch's first images are decoded while the current one en
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import queue
@@ -33,14 +34,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from imgflow.errors import ConfigError, ItemError
-from imgflow.stage import derive_seed
+from imgflow.stage import Stage, derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
 
     from imgflow.batch import Batch
     from imgflow.runner import Runner, _RunContext
     from imgflow.source import SourceFile
-    from imgflow.stage import Stage
     from imgflow.state import MetricRow, StateStore
 
 CHECKPOINT_FORMAT = "imgflow-training-checkpoint"
@@ -159,8 +159,11 @@ class TrainingRun:
                                      min_items=max(4, self.batch_size * 2))
         stop = threading.Event()
         start = self.cursor
-        with DecodePool(workers=run.workers, limits=self.runner._decode_limits(),
-                        timeout_s=run.decode_timeout_s) as pool:
+        limits = self.runner._decode_limits()
+        if type(self.trainer).targets_of is not Stage.targets_of:
+            # boxes and masks are in the file's pixels: no reduced-scale JPEG decoding under them
+            limits = dataclasses.replace(limits, hint=None)
+        with DecodePool(workers=run.workers, limits=limits, timeout_s=run.decode_timeout_s) as pool:
             feeder = threading.Thread(target=self._feed, args=(pool, plan, start, epochs, decoded_q, stop),
                                       name="imgflow-feeder", daemon=True)
             feeder.start()

@@ -171,6 +171,24 @@ def test_train_segmenter_then_segment_bananas_through_the_cli(bananas, tmp_path)
     assert agree == pytest.approx(float(epochs[-1]["val_pixel_acc"]), abs=1e-3)  # segment = the validation pass
 
 
+def test_masks_follow_a_resize_and_jpegs_are_not_decoded_at_reduced_scale(bananas, tmp_path):
+    """A first-stage resize would let JPEGs decode at 1/2 scale: the masks (file pixels) would no
+    longer fit. Training runs with targets decode at full size, and the resize moves the masks."""
+    from tests.helpers import write_pipeline
+
+    out = tmp_path / "out"
+    pipe = write_pipeline(tmp_path / "p.toml", input=bananas, output=out, run={"device": "cpu", "batch_size": 8},
+                          stages=[{"use": "resize", "size": [64, 64]},
+                                  {"use": "train.segmenter", "id": "segmenter", "pretrained": False, "epochs": 1,
+                                   "crop": [64, 64], "previews": 1}])
+    code, text = invoke("run", pipe)
+    assert code == 0, text
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    done = [r for r in records if r.get("status") == "done"]
+    assert len(done) == 80 and all(r["meta"]["width"] == 128 for r in done)
+    assert Image.open(out / "previews" / "epoch_001.png").size == (2 * 64 + 4, 64)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_training_with_mixed_precision_then_segment_on_the_cpu(bananas, tmp_path):
