@@ -93,7 +93,10 @@ def imgflow_checkpoint(source: Any, fmt: str, required: tuple[str, ...]) -> dict
     that format that lacks a ``required`` key, or has another version, is an error."""
     if not isinstance(source, Path) or not source.is_file():
         return None
-    doc = read_checkpoint(source)
+    try:
+        doc = read_checkpoint(source)
+    except ConfigError:  # not ours (a legacy pickle, a broken file): the plain loader reports it
+        return None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         return None
     if doc.get("version") != 1:

@@ -265,6 +265,10 @@ def test_fine_tuning_keeps_coco_weights_but_the_class_head_and_detect_uses_the_n
     assert {"loss", "bbox_regression", "classification"} <= set(metrics) and metrics["loss"] > 0
     assert all(torch.equal(v, stage.net.backbone.state_dict()[k]) for k, v in backbone.items())  # frozen, BN too
     (tmp_path / "detector.pt").write_bytes(stage.finalize()[0].data)
+    from imgflow_finetune import kit
+
+    assert kit.imgflow_checkpoint(tmp_path / "coco.pth", networks.FORMAT, networks.REQUIRED) is None  # plain
+    assert kit.imgflow_checkpoint(tmp_path / "detector.pt", networks.FORMAT, networks.REQUIRED)["model"] == SSDLITE
 
     detect = Detect(DetectParams(weights=str(tmp_path / "detector.pt"), score_threshold=0.0, max_detections=5,
                                  classes=["coin"]), StageContext(stage_id="detect", pipeline_dir=tmp_path))
