@@ -30,7 +30,7 @@ from imgflow_detect.outputs import Detection, build_coco, yolo_classes_artifact,
 from imgflow_detect.train import TrainDetector, TrainDetectorParams
 from PIL import Image
 
-from imgflow import ConfigError, ItemError, StageContext, Targets
+from imgflow import ConfigError, ItemError, StageContext
 from imgflow.batch import Batch
 from imgflow.cli import cli
 from imgflow.testing import make_item

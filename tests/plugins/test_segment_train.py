@@ -9,6 +9,7 @@ real path). The shipped pipelines run through the CLI.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from imgflow import ConfigError, StageContext
 from imgflow.batch import Batch
 from imgflow.cli import cli
 from imgflow.testing import make_item
+from tests.helpers import write_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -135,7 +137,7 @@ def test_fine_tuning_keeps_voc_weights_but_the_classifier_and_segment_uses_the_p
         segment.process(Batch(items=[item]))
     assert item.image.shape == (3, 40, 56) and set(item.results["segment"]["classes"]) <= {"background", "banana", "coin"}
     (mask,) = [a for a in item.artifacts if a.relpath.startswith("masks/")]
-    png = Image.open(__import__("io").BytesIO(mask.data))
+    png = Image.open(io.BytesIO(mask.data))
     assert png.size == (56, 40) and png.getpalette()[:9] == [v for c in PALETTE for v in c]
     assert segment.short is None  # a trained segmenter sees images at their own size
 
@@ -174,8 +176,6 @@ def test_train_segmenter_then_segment_bananas_through_the_cli(bananas, tmp_path)
 def test_masks_follow_a_resize_and_jpegs_are_not_decoded_at_reduced_scale(bananas, tmp_path):
     """A first-stage resize would let JPEGs decode at 1/2 scale: the masks (file pixels) would no
     longer fit. Training runs with targets decode at full size, and the resize moves the masks."""
-    from tests.helpers import write_pipeline
-
     out = tmp_path / "out"
     pipe = write_pipeline(tmp_path / "p.toml", input=bananas, output=out, run={"device": "cpu", "batch_size": 8},
                           stages=[{"use": "resize", "size": [64, 64]},
