@@ -1,12 +1,19 @@
-"""Fine-tune benchmark: imgflow's ``train.classifier`` (issue #6) and ``train.colorizer`` (issue #13)
-versus plain DataLoader training loops doing the same work.
+"""Fine-tune benchmark: imgflow's trainers (``train.classifier``, ``train.colorizer``,
+``train.detector``, ``train.segmenter``) versus plain DataLoader training loops doing the same work
+(issues #6, #13, #14).
 
-    uv run python benchmarks/finetune.py                 # both; classifier: 240 pictures, 3 epochs, 224 px,
+    uv run python benchmarks/finetune.py                 # all four; classifier: 240 pictures, 3 epochs, 224 px,
                                                          #   batch 32; colorizer: 96 pictures, 3 epochs, 128 px,
                                                          #   batch 16; CPU
     uv run python benchmarks/finetune.py --quick         # smaller sizes: a smoke run
     uv run python benchmarks/finetune.py --only colorizer --device cuda --count 2000 --image-size 256 --batch-size 64
     uv run python benchmarks/finetune.py --device cuda --count 2000 --batch-size 128 --epochs 4
+    uv run python benchmarks/finetune.py --tasks detector segmenter     # train.detector / train.segmenter
+
+``--tasks`` picks the comparisons: ``classifier`` (below), ``colorizer``, ``detector`` and ``segmenter`` (see
+``_trainers.py``: Tiny SSD or a torchvision detector, d2l.ai's FCN, on generated banana pictures,
+against a Dataset + transforms v2 + DataLoader loop with the same model, loss and augmentation).
+The classifier comparison:
 
 --count, --epochs, --image-size and --batch-size apply to every benchmark that runs; unset, each
 has its own defaults. The colorizer half is described in ``_finetune_colorizer.py``; the
@@ -70,6 +77,7 @@ from _common import (  # noqa: E402
     warm_page_cache,
 )
 from engine import bench_env  # noqa: E402
+import _trainers  # noqa: E402
 
 import _finetune_colorizer as colorizer  # noqa: E402
 
@@ -82,6 +90,7 @@ SEED = 0
 LR, HEAD_MULT, WEIGHT_DECAY = 5e-5, 10.0, 1e-3
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULTS = {"count": 240, "epochs": 3, "image_size": 224, "batch_size": 32}
+TASKS = ("classifier", "colorizer", "detector", "segmenter")
 QUICK = {"count": 64, "epochs": 2, "image_size": 112, "batch_size": 16}
 
 
@@ -348,9 +357,23 @@ def internal_main(argv: list[str]) -> int:
     ref.add_argument("--image-size", type=int, required=True)
     ref.add_argument("--workers", type=int, required=True)
     ref.add_argument("--device", required=True)
+    for task in ("detector", "segmenter"):
+        other = sub.add_parser(f"reference-{task}", help=f"the torchvision {task} training loop")
+        other.add_argument("data", type=Path)
+        for name in ("--epochs", "--batch-size", "--size", "--crop", "--workers"):
+            other.add_argument(name, type=int, required=True)
+        other.add_argument("--model", required=True)
+        other.add_argument("--device", required=True)
     args = parser.parse_args(argv)
-    print(json.dumps(reference_loop(args.data, args.epochs, args.batch_size, args.image_size, args.workers,
-                                    args.device)))
+    if args.command == "reference-detector":
+        result = _trainers.reference_detector(args.data, args.model, args.epochs, args.batch_size, args.size,
+                                              args.workers, args.device)
+    elif args.command == "reference-segmenter":
+        result = _trainers.reference_segmenter(args.data, args.epochs, args.batch_size, args.crop, args.workers,
+                                               args.device)
+    else:
+        result = reference_loop(args.data, args.epochs, args.batch_size, args.image_size, args.workers, args.device)
+    print(json.dumps(result))
     return 0
 
 
@@ -362,8 +385,8 @@ def internal_main(argv: list[str]) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="imgflow's train.classifier and train.colorizer versus DataLoader training loops.")
-    parser.add_argument("--only", choices=["classifier", "colorizer"], default=None,
-                        help="run one of the two benchmarks (default: both)")
+    parser.add_argument("--only", choices=list(TASKS), default=None,
+                        help="run one benchmark only (the same as --tasks NAME)")
     parser.add_argument("--quick", action="store_true",
                         help="classifier 64 pictures, 2 epochs, 112 px; colorizer 32 pictures, 2 epochs, 64 px")
     parser.add_argument("--count", type=int, default=None,
@@ -382,24 +405,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=HERE / "_work",
                         help="generated inputs (cached), pipelines and outputs (default: benchmarks/_work)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures and machine facts here")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
+                        help="which trainers to compare (default: all four)")
+    parser.add_argument("--detector-model", default="tiny_ssd",
+                        help="train.detector's model: tiny_ssd (default) or a torchvision detector, random init")
+    parser.add_argument("--trainer-count", type=int, default=None,
+                        help="detector/segmenter training pictures (default 160; --quick 32)")
+    parser.add_argument("--trainer-size", type=int, default=256, help="side of those pictures (default 256)")
+    parser.add_argument("--trainer-epochs", type=int, default=None, help="their epochs (default 3; --quick 2)")
+    parser.add_argument("--trainer-batch-size", type=int, default=16, help="their batch size (default 16)")
+    parser.add_argument("--crop", type=int, default=224, help="the segmenter's random crops (default 224)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "reference":
+    if argv and argv[0] in ("reference", "reference-detector", "reference-segmenter"):
         return internal_main(argv)
     if argv and argv[0] == "colorizer-reference":
         return colorizer.internal_main(argv[1:])
     args = parse_args(argv)
     if missing_console_script("finetune.py"):
         return 2
-    which = [args.only] if args.only else ["classifier", "colorizer"]
+    which = [args.only] if args.only else list(args.tasks)
     settings = {}
     for name, defaults, quick in (("classifier", DEFAULTS, QUICK), ("colorizer", colorizer.DEFAULTS, colorizer.QUICK)):
         base = quick if args.quick else defaults
         settings[name] = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
-    if any(min(settings[n].values()) < 1 for n in which) or args.reps < 1 or settings["classifier"]["count"] < CLASSES:
+    if any(min(settings[n].values()) < 1 for n in which if n in settings) or args.reps < 1 or settings["classifier"]["count"] < CLASSES:
         print(f"benchmarks/finetune.py: --count (>= {CLASSES}), --epochs, --image-size, --batch-size and --reps "
               f"must be positive, got {settings} and reps {args.reps}", file=sys.stderr)
         return 2
@@ -422,13 +455,24 @@ def main(argv: list[str] | None = None) -> int:
                                               env=child_env())
             table += colorizer.measure(cbench)
             runs["colorizer"] = cbench.runs
+        for task in ("detector", "segmenter"):
+            if task not in which:
+                continue
+            other = _trainers.TrainerBench(
+                task=task, model=args.detector_model if task == "detector" else "fcn_resnet18",
+                count=args.trainer_count or (32 if args.quick else 160), size=args.trainer_size,
+                epochs=args.trainer_epochs or (2 if args.quick else 3), batch_size=args.trainer_batch_size,
+                crop=args.crop, workers=args.workers, device=args.device, reps=args.reps,
+                workdir=args.workdir.resolve(), say=say)
+            table += _trainers.measure(other, child_env())
+            runs[task] = other.runs
     except BenchmarkError as exc:
         print(f"benchmarks/finetune.py: {exc}", file=sys.stderr)
         return 1
     print()
     print_table(table)
     if args.json:
-        args.json.write_text(json.dumps({"machine": facts, "settings": {n: settings[n] for n in which},
+        args.json.write_text(json.dumps({"machine": facts, "settings": {n: settings[n] for n in which if n in settings},
                                          "device": args.device, "rows": [r.as_dict() for r in table],
                                          "runs": runs}, indent=2) + "\n")
     return 0

@@ -18,6 +18,7 @@ _EXPORTS = {
     "Batch": "imgflow.batch",
     "ImageMeta": "imgflow.batch",
     "Item": "imgflow.batch",
+    "Targets": "imgflow.batch",
     "ConfigError": "imgflow.errors",
     "ImgflowError": "imgflow.errors",
     "ItemError": "imgflow.errors",
@@ -38,7 +39,7 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgflow.api import run_pipeline, validate_pipeline
-    from imgflow.batch import Artifact, Batch, ImageMeta, Item
+    from imgflow.batch import Artifact, Batch, ImageMeta, Item, Targets
     from imgflow.codehash import code_hash
     from imgflow.engine.results import RunResult
     from imgflow.errors import ConfigError, ImgflowError, ItemError

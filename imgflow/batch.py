@@ -5,6 +5,8 @@ Layout (the one every stage can rely on):
                   Grayscale inputs arrive as three equal channels; ``meta.mode`` says what the
                   file was. 16-bit inputs keep their levels (values are k/65535).
   ``Item.alpha``  None, or torch.float32 (1, H, W) in [0, 1] (straight, not premultiplied).
+  ``Item.targets`` None, or the item's training labels (:class:`Targets`, in training runs of
+                  detectors and segmenters): geometric augmenters move them with the pixels.
 Stages return images in the same layout; the writer quantises to 8 or 16 bits at the end.
 
 8-bit inputs are kept as 8-bit pixels (``Item.uint8``) until a stage reads ``image`` or
@@ -66,6 +68,23 @@ class Artifact:
     format: str | None = None  # for image artifacts: "png", "jpeg", ...
 
 
+@dataclass
+class Targets:
+    """What a detector or segmenter learns from one image, in that image's pixel coordinates.
+
+    ``boxes``   float32 (N, 4): x1, y1, x2, y2 in pixels (corner form, no +1 convention);
+    ``labels``  int64 (N,): the class index of each box;
+    ``mask``    int64 (1, H, W) the image's size: a class index per pixel, 255 = ignore.
+    Any of them may be None (a detector has no mask, a segmenter no boxes). A trainer provides them
+    (``Stage.targets_of``); augmenters that move pixels (flip, crop, resize) move them too, and
+    replace the object rather than change its tensors, so fan-out copies never share an edit.
+    """
+
+    boxes: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
 class Item:
     """One image travelling through the stages.
 
@@ -88,7 +107,8 @@ class Item:
     def __init__(self, source: str, image: torch.Tensor | None = None, meta: ImageMeta | None = None,
                  alpha: torch.Tensor | None = None, variant: str = "", seed: int = 0, epoch: int = 0,
                  results: dict[str, Any] | None = None, artifacts: list[Artifact] | None = None,
-                 write_image: bool = True, *, uint8: torch.Tensor | None = None) -> None:
+                 write_image: bool = True, *, uint8: torch.Tensor | None = None,
+                 targets: Targets | None = None) -> None:
         if meta is None:
             raise TypeError("Item() needs meta (an ImageMeta)")
         if (image is None) == (uint8 is None):
@@ -101,6 +121,7 @@ class Item:
         self.results: dict[str, Any] = {} if results is None else results  # stage id -> JSON-able result
         self.artifacts: list[Artifact] = [] if artifacts is None else artifacts
         self.write_image = write_image
+        self.targets = targets  # training labels of detectors/segmenters (see Targets)
         self._image = image
         self._alpha = alpha
         self._uint8 = uint8
@@ -210,6 +231,7 @@ class Item:
             artifacts=list(self.artifacts),
             write_image=self.write_image,
             uint8=uint8,
+            targets=self.targets,
         )
 
 

@@ -86,12 +86,13 @@ class ItemError(Exception):
     """One work item failed; the run goes on. ``code`` is a stable reason code for the manifest.
 
     Reason codes: unreadable, file_too_large, unsupported_format, decode_error, too_many_pixels,
-    memory_limit, memory_budget, decoder_crash, decoder_timeout, stage_error, write_error,
-    output_exists (a file imgflow did not write holds the name and ``overwrite = "never"``),
-    output_collision (another input already owns the output name), outside_input (a symlink
-    leading outside the input folder). ``memory_budget``: the image's own working set (decoding,
-    the stages, the write) is larger than the run's whole memory budget (``[run] max_memory_mb``),
-    so it was refused from its header without being decoded.
+    memory_limit, memory_budget, decoder_crash, decoder_timeout, stage_error, label_error (a
+    trainer could not read the input's boxes or mask), write_error, output_exists (a file imgflow
+    did not write holds the name and ``overwrite = "never"``), output_collision (another input
+    already owns the output name), outside_input (a symlink leading outside the input folder).
+    ``memory_budget``: the image's own working set (decoding, the stages, the write) is larger
+    than the run's whole memory budget (``[run] max_memory_mb``), so it was refused from its
+    header without being decoded.
     """
 
     def __init__(self, code: str, message: str) -> None:

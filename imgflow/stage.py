@@ -26,7 +26,7 @@ __all__ = ["DecodeHint", "Params", "Stage", "StageContext", "StageKind", "derive
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from imgflow.batch import Artifact, Batch
+    from imgflow.batch import Artifact, Batch, Targets
     from imgflow.preflight import Notice
 
 
@@ -156,6 +156,7 @@ class Stage:
     #           torch RNG states and skips what that checkpoint had already consumed;
     #   for epoch in range(first, epochs()):
     #       start_epoch(epoch)
+    #       item.targets = targets_of(relpath, height, width) for every decoded item
     #       consume(batch) for every training batch (shuffled from seed and epoch; items carry
     #                      ``item.epoch`` so upstream augmenters draw fresh, reproducible values),
     #                      then for every validation batch (``batch.split == "val"``, in name order,
@@ -171,6 +172,14 @@ class Stage:
     def split_of(self, relpath: str) -> str | None:
         """``"train"``, ``"val"``, or None to leave the file out; asked once per input file."""
         return "train"
+
+    def targets_of(self, relpath: str, height: int, width: int) -> Targets | None:
+        """The training labels (boxes, mask) of one decoded input, or None (a classifier's labels
+        need no moving). Asked for every item of every epoch, train and validation, before the
+        upstream stages run, so geometric augmenters move them with the pixels. ``height`` and
+        ``width`` are the decoded image's. Raise :class:`imgflow.ItemError` for a label file that
+        cannot be read: that input then fails alone."""
+        return None
 
     def start_epoch(self, epoch: int) -> None:
         """Called before the first batch of each epoch (epochs count from 0)."""

@@ -119,7 +119,9 @@ class TrainingRun:
         # training batch must be complete (a resumed run must see the same batches).
         budget = MemoryBudget.from_mb(budget_mb(run.max_memory_mb))
         stages = self.chain.stages
-        with DecodePool(workers=run.workers, limits=decode_limits(self.pipeline, self.chain.decode_hint()),
+        # Boxes and masks are in the file's pixels: no reduced-scale JPEG decoding under them.
+        hint = None if self._has_targets() else self.chain.decode_hint()
+        with DecodePool(workers=run.workers, limits=decode_limits(self.pipeline, hint),
                         timeout_s=run.decode_timeout_s, budget=budget, hold=False,
                         footprint=lambda shape: item_peak_bytes(stages, shape)) as pool:
             prefetch = Prefetcher(lambda: pool.imap(self._tasks(plan, start, epochs)),
@@ -208,14 +210,24 @@ class TrainingRun:
         from imgflow.batch import Batch
         from imgflow.engine.chain import to_item
 
-        items = []
-        for sf, decoded, _ in pending:
+        items, labelled, unlabelled = [], [], set()
+        for entry in pending:
+            sf, decoded, _ = entry
             item = to_item(decoded, sf.relpath, self.seed)
             item.epoch = epoch
+            if self._has_targets():
+                try:  # the trainer's boxes/mask ride along, so geometric augmenters move them too
+                    item.targets = self.trainer.targets_of(item.source, *item.size)
+                except ItemError as error:
+                    unlabelled.add(sf.relpath)
+                    self._record_failure(sf, error, {})
+                    continue
             items.append(item)
+            labelled.append(entry)
         batch = Batch(items, device="cpu", split=split)
         stages = [s for s in self.upstream if split == "train" or not s.train_only]
-        batch, failed = self._upstream(batch, stages, pending)
+        batch, failed = self._upstream(batch, stages, labelled)
+        failed |= unlabelled
         metrics = self._consume(batch) if len(batch) else None
         for sf, decoded, seconds in pending:
             if sf.relpath not in self._recorded and sf.relpath not in failed:
@@ -226,6 +238,12 @@ class TrainingRun:
         if split == "train":
             self._step(epoch, metrics)
         return len(batch)
+
+    def _has_targets(self) -> bool:
+        """Whether the trainer attaches boxes or masks to its items (detectors, segmenters)."""
+        from imgflow.stage import Stage
+
+        return type(self.trainer).targets_of is not Stage.targets_of
 
     def _step(self, epoch: int, metrics: dict[str, Any] | None) -> None:
         """Count a training step, keep its metrics, checkpoint every ``checkpoint_every`` steps."""

@@ -6,6 +6,10 @@ that item's own generator (so the draw never depends on the batch), and ``apply`
 op on the batch's device, one batched call per group of same-size images. ``augment`` reuses the
 same two halves of its ops on fan-out copies.
 
+An item that carries training targets (boxes and a mask, in training runs of detectors and
+segmenters) has them moved by the same drawn parameters (``move_targets``, see
+:mod:`imgflow_augment.targets`), so a flipped or cropped image keeps its labels in place.
+
 This module does not import torch at import time (the tensor code lives in :mod:`.ops`, imported
 when a batch is processed), so listing and validating stages stays fast.
 """
@@ -25,7 +29,7 @@ from imgflow.stage import DecodeHint
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from imgflow.batch import Batch, Item
+    from imgflow.batch import Batch, Item, Targets
 
 
 #: The largest output a size may ask for: s x s, or h x w. It is the default [run] max_pixels, the
@@ -113,8 +117,13 @@ class Augmenter(Stage):
         """Apply the op to a same-size group; ``params[i]`` belongs to ``x[i]``."""
         raise NotImplementedError
 
+    def move_targets(self, targets: Targets, param: Any, height: int, width: int) -> Targets:
+        """The item's boxes and mask after this op with the item's ``param``, from an image of
+        ``height x width``. Colour ops leave them as they are; geometric ops override this."""
+        return targets
+
     def apply(self, items: list[Item], params: list[Any]) -> None:
-        """Transform ``items`` in place (image, and alpha for geometric ops).
+        """Transform ``items`` in place (image, alpha for geometric ops, and any targets).
 
         Items are grouped by size (and by whether alpha travels along) so each group is one
         stacked call; a batch of equal sizes is a single group. Alpha is concatenated as a
@@ -122,6 +131,9 @@ class Augmenter(Stage):
         """
         import torch
 
+        for item, param in zip(items, params, strict=True):  # before the image changes size
+            if item.targets is not None:
+                item.targets = self.move_targets(item.targets, param, *item.size)
         groups: dict[tuple[int, int, bool, bool], list[int]] = {}
         for i, item in enumerate(items):
             as_uint8 = item.uint8 is not None and self.uint8_on(item.uint8.device)
@@ -204,6 +216,11 @@ class FlipHorizontal(Augmenter):
 
         return ops.hflip(x, params)
 
+    def move_targets(self, targets: Targets, param: bool, height: int, width: int) -> Targets:
+        from imgflow_augment import targets as t
+
+        return t.hflip(targets, width) if param else targets
+
 
 class FlipVertical(FlipHorizontal):
     name = "flip_vertical"
@@ -213,6 +230,11 @@ class FlipVertical(FlipHorizontal):
         from imgflow_augment import ops
 
         return ops.vflip(x, params)
+
+    def move_targets(self, targets: Targets, param: bool, height: int, width: int) -> Targets:
+        from imgflow_augment import targets as t
+
+        return t.vflip(targets, height) if param else targets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +304,12 @@ class RandomResizedCrop(Augmenter):
             for i, box in enumerate(params)
         ]
         return crops[0] if len(crops) == 1 else torch.cat(crops)
+
+    def move_targets(self, targets: Targets, param: tuple[int, int, int, int], height: int,
+                     width: int) -> Targets:
+        from imgflow_augment import targets as t
+
+        return t.resized_crop(targets, param, _pair(self.params.size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +469,13 @@ class Resize(Augmenter):
         size = ops.resize_output_size(x.shape[-2], x.shape[-1], p.size, p.edge)
         return ops.resize(x, size, p.interpolation, p.antialias)
 
+    def move_targets(self, targets: Targets, param: None, height: int, width: int) -> Targets:
+        from imgflow_augment import ops
+        from imgflow_augment import targets as t
+
+        size = ops.resize_output_size(height, width, self.params.size, self.params.edge)
+        return t.resize(targets, (height, width), size)
+
 
 class CenterCropParams(Params):
     size: Size = Field(..., description=SIZE_HELP + " Smaller images are padded with zeros.")
@@ -462,6 +497,11 @@ class CenterCrop(Augmenter):
         from imgflow_augment import ops
 
         return ops.center_crop(x, _pair(self.params.size))
+
+    def move_targets(self, targets: Targets, param: None, height: int, width: int) -> Targets:
+        from imgflow_augment import targets as t
+
+        return t.center_crop(targets, (height, width), _pair(self.params.size))
 
 
 # ---------------------------------------------------------------------------------------------

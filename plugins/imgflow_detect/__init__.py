@@ -1,5 +1,7 @@
-"""imgflow's detection plugin: the ``detect`` stage (torchvision's COCO detectors) and the
-``faces`` stage (scikit-image's bundled LBP frontal-face cascade, no download).
+"""imgflow's detection plugin: the ``detect`` stage (torchvision's COCO detectors, or a detector
+trained here), the ``faces`` stage (scikit-image's bundled LBP frontal-face cascade, no download),
+``train.detector`` (d2l.ai's Tiny SSD, or torchvision detectors fine-tuned on your boxes) and
+``imgflow datasets make-bananas`` (a generated d2l-style data set with boxes and masks).
 
 Registered through the ``imgflow`` entry point ``detect``. This module stays light: stage modules
 are imported inside the hooks and torch, torchvision and scikit-image only in
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgflow import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
+    import click
+
     from imgflow import Stage
 
 LICENSE = "BSD-3-Clause (torchvision); trained on COCO 2017 (annotations CC BY 4.0)"
@@ -81,12 +86,14 @@ def registry_name(model: str) -> str:
 
 @hookimpl
 def register_stages(register: Callable[[type[Stage]], None]) -> None:
-    """Register the ``detect`` and ``faces`` stages."""
+    """Register the ``detect``, ``faces`` and ``train.detector`` stages."""
     from imgflow_detect.detect import Detect  # lazy: keeps `imgflow --help` fast
     from imgflow_detect.faces import Faces
+    from imgflow_detect.train import TrainDetector
 
     register(Detect)
     register(Faces)
+    register(TrainDetector)
 
 
 @hookimpl
@@ -98,3 +105,47 @@ def register_models(register: Callable[..., Any]) -> None:
         register(ModelSpec(name=registry_name(model), url=url, size=None, license=LICENSE,
                            stage="detect", description=description, approx_size=round(FILE_MIB[model] * 2**20),
                            layout=functools.partial(network_layout, model)))
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    """Add ``imgflow datasets make-bananas`` (joining a ``datasets`` group another plugin made)."""
+    import click
+
+    group = cli.commands.get("datasets")
+    if not isinstance(group, click.Group):
+
+        @cli.group("datasets")
+        def datasets() -> None:
+            """Generate small example data sets (offline) for the shipped pipelines."""
+
+        group = datasets
+
+    @group.command("make-bananas")
+    @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--train", "train", type=click.IntRange(1, 1_000_000), default=400, show_default=True,
+                  help="Training pictures.")
+    @click.option("--val", "val", type=click.IntRange(0, 1_000_000), default=80, show_default=True,
+                  help="Validation pictures.")
+    @click.option("--size", type=click.IntRange(32, 4096), default=256, show_default=True,
+                  help="Side of the square pictures in pixels (the book: 256).")
+    @click.option("--max-objects", type=click.IntRange(1, 8), default=2, show_default=True,
+                  help="Objects per picture: 1 to this many.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
+    def make_bananas_command(out: Path, train: int, val: int, size: int, max_objects: int, seed: int) -> None:
+        """Render a d2l.ai-style banana data set with boxes and masks into OUT.
+
+        Bananas and coins cut from scikit-image's pictures, pasted on its photographs:
+        OUT/{train,val}/*.jpg, OUT/labels.csv (path,label,x1,y1,x2,y2), palette masks under
+        OUT/masks/ and OUT/classes.json. No network access is needed.
+
+        \b
+        Example:
+          imgflow datasets make-bananas out/datasets/bananas
+          imgflow run pipelines/train_detector.toml
+        """
+        from imgflow_detect.bananas import BananaSpec, make_bananas
+
+        counts = make_bananas(out, BananaSpec(train=train, val=val, size=size, max_objects=max_objects, seed=seed))
+        click.echo(f"wrote {counts['train']} training and {counts['val']} validation pictures with "
+                   f"{counts['objects']} objects (classes: banana, coin) to {out}")

@@ -57,28 +57,37 @@ COCO = Taxonomy(tuple((i, n) for i, n in enumerate(COCO_CATEGORY_NAMES) if n not
 FACES = Taxonomy(((1, "face"),))
 
 
-def resolve_classes(values: list[str | int]) -> frozenset[int]:
-    """COCO category ids for a ``classes`` list of names (any case) or ids.
+def trained(classes: list[str]) -> Taxonomy:
+    """The taxonomy of a detector trained here: category k + 1 is ``classes[k]`` (0 = background)."""
+    return Taxonomy(tuple((i + 1, name) for i, name in enumerate(classes)))
+
+
+def resolve_classes(values: list[str | int], taxonomy: Taxonomy = COCO) -> frozenset[int]:
+    """Category ids of ``taxonomy`` (COCO by default) for a ``classes`` list of names (any case) or ids.
 
     Raises ValueError with the offending entry, a did-you-mean and the fix: pydantic turns it into
     the pipeline validation message.
     """
-    by_name = {name.lower(): cid for cid, name in COCO.categories}
-    valid_ids = {cid for cid, _ in COCO.categories}
+    by_name = {name.lower(): cid for cid, name in taxonomy.categories}
+    valid_ids = {cid for cid, _ in taxonomy.categories}
+    coco = taxonomy is COCO
+    kind = "COCO " if coco else ""
+    examples = "COCO names such as 'person', 'car', 'dog'" if coco else "the trained classes " + ", ".join(
+        repr(n) for n in taxonomy.names())
     ids: set[int] = set()
     for value in values:
         if isinstance(value, int):
             if value not in valid_ids:
-                raise ValueError(f"'classes': {value} is not a COCO category id (fix: use an id in 1..90 "
-                                 "that names a class, or the class name, e.g. 'person')")
+                span = "an id in 1..90 that names a class" if coco else f"an id in 1..{len(valid_ids)}"
+                raise ValueError(f"'classes': {value} is not a {kind}category id (fix: use {span}, or the class "
+                                 f"name: {examples})")
             ids.add(value)
             continue
         cid = by_name.get(value.strip().lower())
         if cid is None:
             close = difflib.get_close_matches(value.lower(), list(by_name), n=3, cutoff=0.6)
             hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-            raise ValueError(f"'classes': unknown COCO class {value!r}{hint} (fix: use COCO names such as "
-                             "'person', 'car', 'dog', or their ids)")
+            raise ValueError(f"'classes': unknown {kind}class {value!r}{hint} (fix: use {examples}, or their ids)")
         ids.add(cid)
     return frozenset(ids)
 

@@ -10,6 +10,10 @@ classes (:func:`silence_unused_classes`), so they can never take the model's det
 Outputs (results, annotated image, crops, YOLO, COCO) come from
 :mod:`imgflow_detect.outputs`, shared with the ``faces`` stage.
 
+``weights`` may also name a ``detector.pt`` that ``train.detector`` wrote: its architecture (Tiny
+SSD or a torchvision detector with a new class head) and its class names replace COCO's, in the
+results, the annotations, the crops' folders, the YOLO classes and the COCO categories.
+
 No torch or torchvision import at module import; both are imported in ``setup``/``process``.
 """
 
@@ -23,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from imgflow import Params, Stage, StageContext, StageKind, derive_seed
 from imgflow_detect import MODELS, registry_name
-from imgflow_detect.categories import COCO, COCO_CATEGORY_NAMES, resolve_classes
+from imgflow_detect.categories import COCO, COCO_CATEGORY_NAMES, Taxonomy, resolve_classes, trained
 from imgflow_detect.outputs import (
     Detection,
     OutputParams,
@@ -71,7 +75,8 @@ class DetectParams(OutputParams):
         None,
         description="Checkpoint: unset = the official COCO weights (detect-<model>, downloaded once); a "
         "registered model name, a path (relative to the pipeline file) or a URL of a state dict for "
-        "the same architecture with 91 classes; or \"random\" (untrained, for tests).",
+        "the same architecture with 91 classes; the detector.pt that train.detector wrote (its model "
+        "and class names are used); or \"random\" (untrained, for tests).",
     )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Keep detections scoring at least this.")
     nms_iou: float = Field(
@@ -81,7 +86,8 @@ class DetectParams(OutputParams):
     )
     classes: list[str | int] | None = Field(
         None,
-        description="Only these COCO classes, by name (e.g. [\"person\", \"dog\"]) or id; unset = all 80.",
+        description="Only these classes, by name (e.g. [\"person\", \"dog\"]) or id; unset = all (COCO's 80, or "
+        "those of a trained detector.pt).",
     )
     max_detections: int = Field(100, ge=1, le=1000, description="At most this many detections per image.")
     min_size: float = Field(0.0, ge=0.0, description="Drop boxes narrower or shorter than this many pixels.")
@@ -106,7 +112,8 @@ class DetectParams(OutputParams):
             if not self.classes:
                 raise ValueError("'classes' is empty, so nothing would ever be detected (fix: name at least "
                                  "one class, or remove the key for all)")
-            resolve_classes(self.classes)  # raises with a did-you-mean
+            if self.weights is None:  # COCO; a trained detector's names are checked in setup
+                resolve_classes(self.classes)  # raises with a did-you-mean
         return self
 
 
@@ -121,11 +128,24 @@ class Detect(Stage):
     def __init__(self, params: Params, context: StageContext) -> None:
         super().__init__(params, context)
         p: DetectParams = self.params  # type: ignore[assignment]
-        self.user_classes = resolve_classes(p.classes) if p.classes is not None else None
+        self.model_name: str = p.model
+        self.taxonomy: Taxonomy = COCO
+        self.user_classes = resolve_classes(p.classes) if p.classes is not None and p.weights is None else None
         # "N/A" ids and the background are never reported, even by an untrained model
         self.class_ids = self.user_classes or frozenset(cid for cid, _ in COCO.categories)
         self.net: Any = None
         self.weights_id = ""
+
+    def _use_taxonomy(self, taxonomy: Taxonomy) -> None:
+        """Report these categories; the ``classes`` filter is resolved against them."""
+        from imgflow import ConfigError
+
+        self.taxonomy = taxonomy
+        try:
+            self.user_classes = resolve_classes(self.params.classes, taxonomy) if self.params.classes else None
+        except ValueError as exc:
+            raise ConfigError(f"stage '{self.id}' param {exc}") from None
+        self.class_ids = self.user_classes or frozenset(cid for cid, _ in taxonomy.categories)
 
     # -- weights
 
@@ -155,6 +175,15 @@ class Detect(Stage):
 
         return weights_notices(self.weights_source(), keywords=(RANDOM,))
 
+    def trained_checkpoint(self) -> dict[str, Any] | None:
+        """The ``detector.pt`` document when ``weights`` names one (read once), else None."""
+        if not hasattr(self, "_trained"):
+            from imgflow_detect.networks import FORMAT, REQUIRED
+            from imgflow_finetune import kit
+
+            self._trained = kit.imgflow_checkpoint(self.weights_source(), FORMAT, REQUIRED)
+        return self._trained
+
     def setup(self, device: torch.device) -> None:
         """Build the detector, load its weights strictly (or seed a random init), move it to ``device``."""
         import torch
@@ -163,7 +192,10 @@ class Detect(Stage):
 
         super().setup(device)
         source = self.weights_source()
-        if source == RANDOM:
+        doc = self.trained_checkpoint()
+        if doc is not None:
+            net = self._trained_net(doc)
+        elif source == RANDOM:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.random_seed())
                 net = self.build()
@@ -172,7 +204,8 @@ class Detect(Stage):
             expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
             state = models.load_state_dict(source, expected=expected)
             net.load_state_dict(state, strict=True)
-        silence_unused_classes(net)
+        if doc is None:
+            silence_unused_classes(net)
         from imgflow.inference import fold_batch_norms
 
         fold_batch_norms(net.eval())  # after loading: the norms' keys are gone from state_dict()
@@ -181,6 +214,24 @@ class Detect(Stage):
             # oneDNN's convolutions are faster in NHWC: Faster R-CNN MobileNetV3 458 -> 420 ms/img
             self.net = self.net.to(memory_format=torch.channels_last)
         self.weights_id = models.weights_label(self.fingerprint())
+
+    def _trained_net(self, doc: dict[str, Any]) -> torch.nn.Module:
+        """The network of a ``detector.pt``, with its class names; ``model`` must agree if set."""
+        from imgflow import ConfigError
+        from imgflow_detect import networks
+
+        p: DetectParams = self.params  # type: ignore[assignment]
+        trained_model = str(doc["model"])
+        if "model" in p.model_fields_set and p.model != trained_model:
+            raise ConfigError(f"stage '{self.id}': {self.weights_source()} holds a trained {trained_model}, but "
+                              f"model = {p.model!r} (fix: remove 'model'; a detector.pt says its own)")
+        self.model_name = trained_model
+        self._use_taxonomy(trained([str(c) for c in doc["classes"]]))
+        net = networks.detector_for_inference(doc)
+        networks.set_thresholds(net, trained_model, p.score_threshold, p.nms_iou, self.candidates())
+        if trained_model in networks.SIGMOID_HEADS:
+            silence_unused_classes(net, num_classes=len(doc["classes"]) + 1, unused=[])
+        return net
 
     def build(self) -> torch.nn.Module:
         """The torchvision architecture with 91 classes, no weights downloaded, post-processing
@@ -223,7 +274,7 @@ class Detect(Stage):
             outputs = self.net(images)
         for item, output in zip(batch.items, outputs, strict=True):
             detections = self.detections(output)
-            apply_outputs(item, self.id, self.params.model, detections, self.params, COCO)
+            apply_outputs(item, self.id, self.model_name, detections, self.params, self.taxonomy)
             item.results[self.id]["weights"] = self.weights_id
         return batch
 
@@ -240,17 +291,20 @@ class Detect(Stage):
         masks: list[Any] = [None] * len(boxes)
         if "masks" in output:
             masks = list((output["masks"][keep, 0] > MASK_THRESHOLD).cpu().numpy())
-        return [Detection(box=tuple(box), category_id=int(label), label=COCO_CATEGORY_NAMES[label],
+        return [Detection(box=tuple(box), category_id=int(label), label=self.taxonomy.name(int(label)),
                           score=float(score), mask=mask)
                 for box, score, label, mask in zip(boxes, scores, labels, masks, strict=True)]
 
     def export(self, records: Any) -> list[Artifact]:
-        """``coco.json`` (when ``coco``) and ``labels/classes.txt`` (when ``yolo``)."""
+        """``coco.json`` (when ``coco``) and ``labels/classes.txt`` (when ``yolo``), with the categories
+        of the weights (a trained detector.pt's class names, else COCO's)."""
+        doc = self.trained_checkpoint()
+        taxonomy = trained([str(c) for c in doc["classes"]]) if doc is not None else COCO
         out = []
         if self.params.coco:
-            out.extend(coco_artifacts(records, self.id, self.name, COCO))
+            out.extend(coco_artifacts(records, self.id, self.name, taxonomy))
         if self.params.yolo:
-            out.append(yolo_classes_artifact(COCO))
+            out.append(yolo_classes_artifact(taxonomy))
         return out
 
 
@@ -266,7 +320,8 @@ def model_thresholds(model: str, score: float, nms: float, per_image: int) -> di
     return {"score_thresh": score, "nms_thresh": nms, "detections_per_img": per_image}
 
 
-def silence_unused_classes(net: torch.nn.Module) -> int:
+def silence_unused_classes(net: torch.nn.Module, num_classes: int = NUM_CLASSES,
+                           unused: list[int] | None = None) -> int:
     """Make the classifier unable to predict the COCO ids that name no class; return how many
     output channels were changed.
 
@@ -280,7 +335,8 @@ def silence_unused_classes(net: torch.nn.Module) -> int:
     import torch
     from torchvision.models.detection.ssd import SSD
 
-    unused = [i for i, name in enumerate(COCO_CATEGORY_NAMES) if name == "N/A"]
+    if unused is None:  # COCO's layout
+        unused = [i for i, name in enumerate(COCO_CATEGORY_NAMES) if name == "N/A"]
     roi_heads = getattr(net, "roi_heads", None)
     if roi_heads is not None:
         layers, softmax = [roi_heads.box_predictor.cls_score], True
@@ -293,8 +349,10 @@ def silence_unused_classes(net: torch.nn.Module) -> int:
     changed = 0
     with torch.no_grad():
         for layer in layers:
-            anchors = layer.bias.numel() // NUM_CLASSES  # channel layout: anchor * classes + class
-            index = torch.tensor([a * NUM_CLASSES + i for a in range(anchors) for i in ids])
+            anchors = layer.bias.numel() // num_classes  # channel layout: anchor * classes + class
+            index = torch.tensor([a * num_classes + i for a in range(anchors) for i in ids], dtype=torch.long)
+            if not len(index):
+                continue
             layer.bias[index] = MASKED_LOGIT
             changed += index.numel()
     return changed

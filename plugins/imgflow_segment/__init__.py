@@ -1,5 +1,7 @@
 """imgflow's semantic segmentation plugin: the ``segment`` stage over torchvision's FCN,
-DeepLabV3 and LR-ASPP models, and their Pascal VOC checkpoints in the shared weights registry.
+DeepLabV3 and LR-ASPP models (or a segmenter trained here), their Pascal VOC checkpoints in the
+shared weights registry, and ``train.segmenter`` (d2l.ai's FCN, or torchvision segmenters
+fine-tuned on your masks).
 
 Registered through the ``imgflow`` entry point ``segment``. This module stays light: the stage
 module is imported inside the hook, and torch/torchvision only in ``setup``/``process``
@@ -66,10 +68,12 @@ def registry_name(model: str) -> str:
 
 @hookimpl
 def register_stages(register: Callable[[type[Stage]], None]) -> None:
-    """Register the ``segment`` stage."""
+    """Register the ``segment`` and ``train.segmenter`` stages."""
     from imgflow_segment.stage import Segment  # lazy: keeps `imgflow --help` fast
+    from imgflow_segment.train import TrainSegmenter
 
     register(Segment)
+    register(TrainSegmenter)
 
 
 @hookimpl

@@ -10,6 +10,10 @@ Per batch:
      the overlay (labels blended over the photo) as the main image, and per-class pixel
      fractions in ``item.results[stage id]``.
 
+``weights`` may also name the ``segmenter.pt`` that ``train.segmenter`` wrote: its network (d2l's
+FCN or a torchvision segmenter with new classes), class names and palette replace VOC's, and
+images go through at their own size unless ``resize`` is set.
+
 No torch or torchvision at import: both are imported in ``setup``/``process``.
 """
 
@@ -22,7 +26,7 @@ from pydantic import Field, field_validator
 
 from imgflow import Artifact, Params, Stage, StageContext, StageKind
 from imgflow_segment import MODELS, registry_name
-from imgflow_segment.voc import NUM_CLASSES, class_fractions, encode_mask_png, voc_colormap
+from imgflow_segment.voc import VOC_CLASSES, class_fractions, encode_mask_png, voc_colormap
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -50,13 +54,15 @@ class SegmentParams(Params):
     weights: str | None = Field(
         None,
         description="Checkpoint instead of the official segment-<model> weights: a registered model "
-        "name (imgflow models list), a path (relative to the pipeline file) or a URL; \"random\" "
+        "name (imgflow models list), a path (relative to the pipeline file) or a URL; the segmenter.pt "
+        "that train.segmenter wrote (its model, classes and palette are used); \"random\" "
         "initialises the network randomly (tests, no download).",
     )
     resize: int = Field(
         520, ge=32,
         description="The image's shorter side is resized to this for the network (torchvision's "
-        "evaluation size is 520); labels come back at the original size.",
+        "evaluation size is 520); labels come back at the original size. With a trained "
+        "segmenter.pt, unset means the image's own size (what it was trained at).",
     )
     mask: bool = Field(True, description="Write the label mask as a VOC palette PNG to masks/<input>.png.")
     overlay: bool = Field(
@@ -72,9 +78,12 @@ class SegmentParams(Params):
         return value
 
 
-def network_size(height: int, width: int, short: int) -> tuple[int, int]:
+def network_size(height: int, width: int, short: int | None) -> tuple[int, int]:
     """The (H, W) the network sees: shorter side ``short``, aspect kept, the longer side
-    truncated as torchvision's ``resize`` does (so results match its reference transform)."""
+    truncated as torchvision's ``resize`` does (so results match its reference transform);
+    ``short = None`` keeps the image's own size."""
+    if short is None:
+        return height, width
     if height <= width:
         return short, int(short * width / height)
     return int(short * height / width), short
@@ -99,6 +108,10 @@ class Segment(Stage):
         super().__init__(params, context)
         self.net: Any = None
         self.weights_id = ""
+        self.model_name: str = self.params.model
+        self.class_names: tuple[str, ...] = VOC_CLASSES
+        self.palette: list[tuple[int, int, int]] | None = None  # None: the VOC colour map
+        self.short: int | None = self.params.resize
 
     # -- weights
 
@@ -124,10 +137,21 @@ class Segment(Stage):
 
         return weights_notices(self.weights_source(), keywords=(RANDOM,))
 
+    def trained_checkpoint(self) -> dict[str, Any] | None:
+        """The ``segmenter.pt`` document when ``weights`` names one, else None."""
+        from imgflow_finetune import kit
+        from imgflow_segment.train import FORMAT, REQUIRED
+
+        return kit.imgflow_checkpoint(self.weights_source(), FORMAT, REQUIRED)
+
     def setup(self, device: torch.device) -> None:
         """Build the network, load the weights strictly (or initialise it randomly), eval mode."""
         super().setup(device)
-        net = self._random_net() if self.weights_source() == RANDOM else self._loaded_net()
+        doc = self.trained_checkpoint()
+        if doc is not None:
+            net = self._trained_net(doc)
+        else:
+            net = self._random_net() if self.weights_source() == RANDOM else self._loaded_net()
         # The auxiliary head only helps training; the strict load needed it, inference does not.
         if getattr(net, "aux_classifier", None) is not None:
             net.aux_classifier = None
@@ -140,6 +164,22 @@ class Segment(Stage):
         from imgflow import models
 
         self.weights_id = models.weights_label(self.fingerprint())
+
+    def _trained_net(self, doc: dict[str, Any]) -> Any:
+        """The network of a ``segmenter.pt``, with its classes and palette; ``model`` must agree if set."""
+        from imgflow import ConfigError
+        from imgflow_segment import networks
+
+        trained_model = str(doc["model"])
+        if "model" in self.params.model_fields_set and self.params.model != trained_model:
+            raise ConfigError(f"stage '{self.id}': {self.weights_source()} holds a trained {trained_model}, but "
+                              f"model = {self.params.model!r} (fix: remove 'model'; a segmenter.pt says its own)")
+        self.model_name = trained_model
+        self.class_names = tuple(str(c) for c in doc["classes"])
+        self.palette = [(int(r), int(g), int(b)) for r, g, b in doc["palette"]]
+        if "resize" not in self.params.model_fields_set:
+            self.short = None
+        return networks.segmenter_for_inference(doc)
 
     def _random_net(self) -> Any:
         """A randomly initialised network, the same every time (seed 0, global RNG untouched), so
@@ -188,7 +228,7 @@ class Segment(Stage):
         groups: dict[tuple[int, int], list[Item]] = {}
         for item in batch.items:
             h, w = item.image.shape[-2:]
-            groups.setdefault(network_size(int(h), int(w), self.params.resize), []).append(item)
+            groups.setdefault(network_size(int(h), int(w), self.short), []).append(item)
         with torch.inference_mode():
             for size, items in groups.items():
                 logits = self.predict(items, size)
@@ -222,14 +262,16 @@ class Segment(Stage):
 
         height, width = (int(s) for s in item.image.shape[-2:])
         labels = upsample_argmax(logits, height, width)
-        counts = torch.bincount(labels.flatten(), minlength=NUM_CLASSES)[:NUM_CLASSES]
-        item.results[self.id] = {"model": self.params.model, "weights": self.weights_id,
-                                 "classes": class_fractions([int(c) for c in counts.tolist()])}
+        count = len(self.class_names)
+        counts = torch.bincount(labels.flatten(), minlength=count)[:count]
+        item.results[self.id] = {"model": self.model_name, "weights": self.weights_id,
+                                 "classes": class_fractions([int(c) for c in counts.tolist()], self.class_names)}
         if self.params.mask:
-            data = encode_mask_png(labels.to("cpu", torch.uint8).numpy())
+            data = encode_mask_png(labels.to("cpu", torch.uint8).numpy(), self.palette)
             item.artifacts.append(Artifact(mask_relpath(item), data=data))
         if self.params.overlay:
-            item.image = blend_overlay(item.image, labels.to(item.image.device), self.params.alpha)
+            table = None if self.palette is None else torch.tensor(self.palette, dtype=torch.float32) / 255.0
+            item.image = blend_overlay(item.image, labels.to(item.image.device), self.params.alpha, table)
         else:
             item.write_image = False
 
@@ -268,16 +310,19 @@ def upsample_argmax(logits: torch.Tensor, height: int, width: int,
     return labels
 
 
-def blend_overlay(image: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The class colours blended over ``image`` with opacity ``alpha``.
+def blend_overlay(image: torch.Tensor, labels: torch.Tensor, alpha: float,
+                  table: torch.Tensor | None = None) -> torch.Tensor:
+    """The class colours (``table``, (classes, 3) in [0, 1]; default the VOC colour map) blended
+    over ``image`` with opacity ``alpha``.
 
     Background pixels keep the photo as it is: blending them with the background's black would
     only darken the picture and hide what the mask says.
     """
     import torch
 
-    table = torch.tensor(voc_colormap(256), dtype=torch.float32, device=image.device) / 255.0
-    colours = table[labels].permute(2, 0, 1)  # (3, H, W)
+    if table is None:
+        table = torch.tensor(voc_colormap(256), dtype=torch.float32) / 255.0
+    colours = table.to(image.device)[labels].permute(2, 0, 1)  # (3, H, W)
     base = image.to(torch.float32)
     blended = base * (1.0 - alpha) + colours * alpha
     return torch.where((labels > 0).unsqueeze(0), blended, base).clamp(0, 1)

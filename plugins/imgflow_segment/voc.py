@@ -48,8 +48,9 @@ def voc_palette() -> list[int]:
     return [value for colour in voc_colormap(256) for value in colour]
 
 
-def encode_mask_png(labels: np.ndarray) -> bytes:
-    """A (H, W) label array as a lossless palette PNG (mode "P", VOC colours), as bytes.
+def encode_mask_png(labels: np.ndarray, palette: list[tuple[int, int, int]] | None = None) -> bytes:
+    """A (H, W) label array as a lossless palette PNG (mode "P", VOC colours unless ``palette`` gives
+    the first classes' own), as bytes.
 
     The pixel values are the class indices themselves: a reader gets the labels back exactly with
     ``np.asarray(Image.open(f))`` and sees the colours in any viewer.
@@ -62,13 +63,16 @@ def encode_mask_png(labels: np.ndarray) -> bytes:
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 255):
         raise ValueError("label values must be in [0, 255] to fit a palette PNG")
     image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
-    image.putpalette(voc_palette())
+    colours = voc_colormap(256)
+    for index, colour in enumerate(palette or []):
+        colours[index] = tuple(colour)
+    image.putpalette([value for colour in colours for value in colour])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
 
 
-def class_fractions(counts: list[int]) -> dict[str, float]:
+def class_fractions(counts: list[int], names: tuple[str, ...] | list[str] = VOC_CLASSES) -> dict[str, float]:
     """Pixel fraction of each class present, from per-class pixel counts (index = class id).
 
     Absent classes are left out, so the result names what is in the picture; the fractions of a
@@ -77,4 +81,4 @@ def class_fractions(counts: list[int]) -> dict[str, float]:
     total = sum(counts)
     if total <= 0:
         return {}
-    return {VOC_CLASSES[i]: count / total for i, count in enumerate(counts) if count > 0}
+    return {names[i]: count / total for i, count in enumerate(counts) if count > 0}
