@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from imgflow import ConfigError, ItemError
-from imgflow.labels import SPLIT_FOLDERS
+from imgflow.training.labels import SPLIT_FOLDERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Targets

@@ -2,7 +2,7 @@
 
   splits        ``train/`` and ``val/`` (or ``test/``) top folders, a label file's own split, or a
                 fixed fraction chosen by a hash of the path and the seed (the rule of
-                ``imgflow.labels``, so every trainer splits one folder the same way);
+                ``imgflow.training.labels``, so every trainer splits one folder the same way);
   checkpoints   the final ``detector.pt`` / ``segmenter.pt``: plain tensors and values in one dict
                 with a format name, read back with ``weights_only=True``;
   devices       tensors of an optimiser state moved to the CPU, mixed precision on CUDA;
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgflow import ConfigError, derive_seed
-from imgflow.labels import SPLIT_FOLDERS
+from imgflow.training.labels import SPLIT_FOLDERS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
