@@ -119,7 +119,7 @@ def load_pipeline(path: str | Path, overrides: Overrides | None = None, check_pa
         overrides={k: v for k, v in vars(overrides).items() if v} if overrides else {},
     )
     if check_paths:  # the files stages name (weights, style images) exist; warnings kept for validate
-        pipeline.notices = preflight(where, pipeline, problems)
+        pipeline.notices = preflight(where, pipeline.stages, pipeline.build_stages(), problems)
         if problems:
             raise ValidationFailed(problems, subject=where)
     return pipeline

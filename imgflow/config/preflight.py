@@ -12,13 +12,17 @@ from typing import TYPE_CHECKING
 from imgflow.errors import ImgflowError, Problem
 
 if TYPE_CHECKING:  # pragma: no cover
-    from imgflow.config.pipeline import Pipeline
+    from imgflow.config.spec import StageSpec
+    from imgflow.stage import Stage
 
 
-def preflight(where: str, pipeline: Pipeline, problems: list[Problem]) -> list[str]:
-    """Append each stage's preflight errors to ``problems``; return its warnings as text."""
+def preflight(where: str, specs: list[StageSpec], stages: list[Stage], problems: list[Problem]) -> list[str]:
+    """Append each stage's preflight errors to ``problems``; return its warnings as text.
+
+    ``stages`` are the built stages of ``specs`` (``Pipeline.build_stages()``), in order.
+    """
     warnings: list[str] = []
-    for spec, stage in zip(pipeline.stages, pipeline.build_stages(), strict=True):
+    for spec, stage in zip(specs, stages, strict=True):
         here = f"{where} [[stages]] #{spec.index + 1} ({spec.use})"
         try:
             notices = list(stage.preflight())

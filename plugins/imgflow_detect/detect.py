@@ -171,9 +171,13 @@ class Detect(Stage):
 
     def preflight(self) -> list[Any]:
         """The weights exist or will be downloaded (checked by validate, before any image)."""
-        from imgflow.preflight import weights_notices
+        from imgflow.preflight import Notice, weights_notices
 
-        return weights_notices(self.weights_source(), keywords=(RANDOM,))
+        return [Notice(n.message, "a trained detector.pt comes from train.detector (e.g. imgflow run "
+                       "pipelines/train_detector.toml writes one); or point 'weights' at an existing checkpoint or a "
+                       "registered model; relative paths are relative to the pipeline file", n.error)
+                if n.error and isinstance(self.weights_source(), Path) else n
+                for n in weights_notices(self.weights_source(), keywords=(RANDOM,))]
 
     def trained_checkpoint(self) -> dict[str, Any] | None:
         """The ``detector.pt`` document when ``weights`` names one (read once), else None."""
