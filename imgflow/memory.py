@@ -12,8 +12,13 @@ process through the stages and the writer). The parent reserves them from the
 :class:`Reservation` through the queue, its batch, the stages and its write, shrinking it as
 steps finish and releasing it when the item is recorded. Nothing downstream ever waits for
 memory, so the run cannot deadlock on it; only a batch that waits for more items while the
-budget is exhausted is run short (see :attr:`MemoryBudget.starved`). An item whose own peak is
-larger than the whole budget is never decoded: it fails alone with ``memory_budget``.
+budget is exhausted is run short (see :attr:`MemoryBudget.starved`).
+
+The budget bounds how much is in flight, not how large one image may be: an image whose own peak
+is larger than the whole budget waits until nothing else holds memory, then runs alone. Only an
+image larger than the :attr:`MemoryBudget.ceiling` (with the default budget, half the machine's
+memory; with a configured ``max_memory_mb``, that value, which the user asked never to exceed) is
+never decoded: it fails alone with ``memory_budget``.
 
 The estimates (:mod:`imgflow.engine.footprint`) count pixel buffers, not the fixed cost of the
 processes (Python, torch, model weights), which a run pays whatever its images.
@@ -84,6 +89,20 @@ def budget_mb(configured: int | None) -> int:
     return int(configured) if configured else default_max_memory_mb()
 
 
+def run_budget(configured: int | None) -> MemoryBudget:
+    """The budget of a run with ``[run] max_memory_mb = configured`` (None: the default).
+
+    A configured value is a hard limit. The default bounds what is in flight but lets one image
+    larger than it run alone, up to half the machine's memory: an archive's 30-megapixel scan must
+    not fail on a machine with memory to spare just because the default is sized for throughput.
+    """
+    capacity = budget_mb(configured) * MIB
+    if configured:
+        return MemoryBudget(capacity)
+    total = machine_memory_bytes()
+    return MemoryBudget(capacity, ceiling=max(capacity, total // 2) if total else capacity)
+
+
 @dataclass(frozen=True)
 class ImageShape:
     """What a decoded image will be: height, width, channels (3, or 4 with alpha), bytes per channel."""
@@ -114,8 +133,10 @@ class MemoryBudget:
     the pool is waiting, so a batch still being filled should run with what it has.
     """
 
-    def __init__(self, capacity_bytes: int) -> None:
+    def __init__(self, capacity_bytes: int, ceiling: int | None = None) -> None:
         self.capacity = int(capacity_bytes)
+        #: The largest reservation ever granted (alone, when nothing else is held).
+        self.ceiling = max(self.capacity, int(ceiling)) if ceiling is not None else self.capacity
         self.held = 0
         self.peak = 0  # the most ever reserved at once (for the run summary and the tests)
         self.starved = False  # set by the pool while a request waits for memory
@@ -126,8 +147,8 @@ class MemoryBudget:
         return cls(int(megabytes) * MIB)
 
     def fits(self, nbytes: int) -> bool:
-        """True when ``nbytes`` could ever be reserved (it is not larger than the whole budget)."""
-        return nbytes <= self.capacity
+        """True when ``nbytes`` could ever be reserved: within the budget, or alone under the ceiling."""
+        return nbytes <= self.ceiling
 
     def try_reserve(self, nbytes: int) -> Reservation | None:
         """Reserve ``nbytes`` now, or return None when that would exceed the budget."""

@@ -132,9 +132,37 @@ def test_an_image_that_cannot_fit_the_budget_fails_alone_and_runs_again_when_rai
     error = records["bomb.png"]["error"]
     assert error["code"] == "memory_budget", error
     assert "3000x3000" in error["message"] and "max_memory_mb = 64" not in error["message"]
-    assert "memory budget of 64 MB" in error["message"] and "fix: raise [run] max_memory_mb" in error["message"]
+    assert "more than the 64 MB one image may use" in error["message"]
+    assert "fix: raise [run] max_memory_mb" in error["message"]
     code, text = invoke("run", pipeline(1024))  # the limit behind the failure changed: it alone reruns
     assert code == 0 and "1 done, 0 failed, 2 skipped" in text, text
+
+
+def test_with_the_default_budget_an_image_larger_than_it_runs_alone(tmp_path, test_plugin, monkeypatch):
+    # The default bounds what is in flight; it is not a cap on one image (a configured value is):
+    # an image over it waits until nothing else holds memory and runs alone, up to half the RAM.
+    import imgflow.memory as memory
+
+    monkeypatch.setattr(memory, "default_max_memory_mb", lambda: 64)
+    budget = memory.run_budget(None)
+    assert budget.capacity == 64 * memory.MIB and budget.ceiling >= 64 * memory.MIB
+    assert memory.run_budget(64).ceiling == 64 * memory.MIB  # configured: a hard limit
+    big = budget.ceiling - 1
+    held = budget.try_reserve(32 * memory.MIB)
+    assert held is not None and budget.fits(big) and budget.try_reserve(big) is None  # waits...
+    held.release()
+    alone = budget.try_reserve(big)  # ...then runs alone
+    assert alone is not None and budget.try_reserve(1) is None
+    alone.release()
+
+    images = tmp_path / "in"
+    write_images(images, 2, size=(40, 60), fmt="PNG")
+    _bomb(images / "bomb.png", 3000)  # 108 MB as floats: over the 64 MB default here
+    out = tmp_path / "out"
+    pipe = write_pipeline(tmp_path / "p.toml", input=images, output=out, stages=[{"use": "invert"}],
+                          out={"format": "png"}, run={"workers": 1})
+    code, text = invoke("run", pipe)
+    assert code == 0 and "3 done, 0 failed" in text, text
 
 
 def test_a_budget_for_one_image_at_a_time_still_finishes_every_batch(tmp_path, test_plugin, monkeypatch):

@@ -58,7 +58,7 @@ class LocalExecutor:
         from imgflow.engine.chain import ChainInput
         from imgflow.engine.progress import Progress
         from imgflow.io.prefetch import END, WAITING, Prefetcher
-        from imgflow.memory import MemoryBudget, budget_mb
+        from imgflow.memory import run_budget
 
         items = job.plan.items()
         first = next(items, None)
@@ -67,7 +67,7 @@ class LocalExecutor:
             return
         run = job.pipeline.run
         batch_size = job.chain.batch_size(run.batch_size)
-        budget = MemoryBudget.from_mb(budget_mb(run.max_memory_mb))
+        budget = run_budget(run.max_memory_mb)
         prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch, budget),
                               max_bytes=int(run.prefetch_mb * 1024 * 1024))
         # Decoding starts first, so worker start-up and the first decodes overlap with importing

@@ -371,7 +371,7 @@ class DecodePool:
                     return
                 task.reservation, answer = reservation, ("grant", task.id)
             else:
-                answer = ("refuse", task.id, _over_budget(task.path, cost, need, budget.capacity))
+                answer = ("refuse", task.id, _over_budget(task.path, cost, need, budget.ceiling))
             self._asks.popleft()
             worker.asking = None
             worker.head_since = time.monotonic()  # its decode starts now
@@ -577,7 +577,7 @@ def _over_budget(path: str, cost: DecodeCost, need: int, capacity: int) -> str:
     need_mb, cap_mb = -(-need // mib), capacity // mib
     shape = cost.shape
     return (f"{path}: a {shape.width}x{shape.height} image needs about {need_mb:,} MB to decode and "
-            f"process, more than the run's memory budget of {cap_mb:,} MB (fix: raise [run] "
+            f"process, more than the {cap_mb:,} MB one image may use in this run (fix: raise [run] "
             f"max_memory_mb to at least {need_mb}, or lower [run] max_pixels so such images are "
             "refused from their header)")
 

@@ -110,14 +110,14 @@ class TrainingRun:
         from imgflow.engine.plan import decode_limits
         from imgflow.io.decodepool import DecodePool
         from imgflow.io.prefetch import Prefetcher
-        from imgflow.memory import MemoryBudget, budget_mb
+        from imgflow.memory import run_budget
 
         run = self.pipeline.run
         start = self.cursor
         # The memory budget here bounds the decoders and refuses an image that can never fit
         # (memory_budget); decoded images give their reservation back on arrival, because a
         # training batch must be complete (a resumed run must see the same batches).
-        budget = MemoryBudget.from_mb(budget_mb(run.max_memory_mb))
+        budget = run_budget(run.max_memory_mb)
         stages = self.chain.stages
         # Boxes and masks are in the file's pixels: no reduced-scale JPEG decoding under them.
         hint = None if self._has_targets() else self.chain.decode_hint()
