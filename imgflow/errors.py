@@ -91,8 +91,8 @@ class ItemError(Exception):
     did not write holds the name and ``overwrite = "never"``), output_collision (another input
     already owns the output name), outside_input (a symlink leading outside the input folder).
     ``memory_budget``: the image's own working set (decoding, the stages, the write) is larger
-    than the run's whole memory budget (``[run] max_memory_mb``), so it was refused from its
-    header without being decoded.
+    than one image may use (half the machine's memory, or a configured ``[run] max_memory_mb``),
+    so it was refused from its header without being decoded.
     """
 
     def __init__(self, code: str, message: str) -> None:
