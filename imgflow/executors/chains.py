@@ -163,7 +163,9 @@ class ChainRunner:
         import torch
 
         if chain.device is not None and chain.device.type == "cuda":
-            torch.cuda.set_device(chain.device)  # so "cuda" means this chain's GPU in its stages
+            # So that "cuda" means this chain's GPU in its stages; the run's own chain may hold
+            # plain "cuda" (no index: the default GPU, 0), which set_device does not take.
+            torch.cuda.set_device(chain.device.index if chain.device.index is not None else 0)
         while (inputs := self._todo.get()) is not _STOP:
             try:
                 self._done.put(self._run(chain, inputs))
