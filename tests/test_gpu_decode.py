@@ -138,12 +138,12 @@ def test_without_cuda_gpu_is_a_config_error_and_auto_picks_cpu(tmp_path, variant
     with pytest.raises(ConfigError) as refused:
         run_pipeline(_pipeline(tmp_path, "gpu"), echo=lambda m: None)
     assert refused.value.exit_code == 2
-    assert 'decode = "gpu", but the stages run on cpu, not on a CUDA device' in str(refused.value)
+    assert 'decode = "gpu", but this machine has no CUDA device (the stages run on cpu)' in str(refused.value)
     assert not (tmp_path / "out").exists()  # a first run that stops this way creates nothing
     said: list[str] = []
     result = run_pipeline(_pipeline(tmp_path, "auto"), echo=said.append)
     assert result.counts["done"] == 1
-    assert said == ['imgflow: decode = "auto" picked cpu (the stages run on cpu, not on a CUDA device)']
+    assert said == ['imgflow: decode = "auto" picked cpu: this machine has no CUDA device (the stages run on cpu)']
 
 
 # ------------------------------------------------------------------------------------ on a GPU

@@ -70,12 +70,12 @@ class DecodeRoute:
                                   'to the CPU, or decode = "cpu")')
             return
         if problem is not None:
-            self.gpu, self.message = False, f"cpu ({problem})"
+            self.gpu, self.message = False, f"cpu: {problem}"
         else:
             rates = measure_rates(device, workers, batch)
             self.gpu = rates.gpu_wins
-            self.message = (f"{'gpu' if self.gpu else 'cpu'} (measured on a {_probe_size()} JPEG: nvJPEG on "
-                            f"{device} {rates.gpu:,.0f} img/s, {workers} CPU decode worker(s) {rates.cpu:,.0f} img/s)")
+            self.message = (f"{'gpu' if self.gpu else 'cpu'}: nvJPEG on {device} {rates.gpu:,.0f} img/s, {workers} "
+                            f"CPU decode worker(s) {rates.cpu:,.0f} img/s (measured on a {_probe_size()} JPEG)")
         echo(f'imgflow: decode = "auto" picked {self.message}')
 
     # -- decoding what was left for the GPU

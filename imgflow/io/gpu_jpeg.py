@@ -76,8 +76,11 @@ def _one(decode: BatchDecode, data: Any, mode: str, device: Any) -> Any:
 def nvjpeg_problem(device: torch.device) -> str | None:
     """Why JPEGs cannot be decoded on ``device`` with nvJPEG (None when they can, tried on a
     small test JPEG): a device that is not CUDA, TorchCodec missing, or built without nvJPEG."""
+    import torch
+
     if device.type != "cuda":
-        return f"the stages run on {device}, not on a CUDA device"
+        return (f"the stages run on {device}, not on a CUDA device" if torch.cuda.is_available() else
+                f"this machine has no CUDA device (the stages run on {device})")
     try:
         import torchcodec.decoders  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError, or a library that does not load
