@@ -84,8 +84,9 @@ def _write_gray(job: tuple[str, int, int, int]) -> None:
 def gray_images(folder: Path, count: int, width: int, height: int) -> list[Path]:
     stamp = {"version": 1, "count": count, "width": width, "height": height, "mode": "L"}
     paths = [folder / f"img{i:06d}.jpg" for i in range(count)]
-    return ensure_generated(folder, stamp, paths, _write_gray, [(str(p), i, width, height) for i, p in enumerate(paths)],
-                            lambda m: print(m, flush=True), f"grey {width}x{height} JPEGs")
+    jobs = [(str(p), i, width, height) for i, p in enumerate(paths)]
+    return ensure_generated(folder, stamp, paths, _write_gray, jobs, lambda m: print(m, flush=True),
+                            f"grey {width}x{height} JPEGs")
 
 
 # --------------------------------------------------------------------------------------- decode

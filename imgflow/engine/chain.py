@@ -243,7 +243,6 @@ class StageChain:
             by_source.setdefault(item.source, []).append(item)
         return [ChainResult(i, by_source.get(i.relpath, []), None, per_item) for i in inputs]
 
-
     def _smaller(self, inputs: Sequence[ChainInput], why: str, started: float) -> list[ChainResult]:
         """Out of GPU memory: each half on its own, and batches no larger from now on; one input
         alone fails as ``gpu_memory``."""

@@ -13,10 +13,10 @@ Protocol. The worker's first message says whether it can decode at all under its
 digest, payload)`` where ``payload`` is None when the pixels follow as a memory-file descriptor
 (:mod:`imgflow.io.pixel_ipc`), else their bytes. With ``defer_jpeg``, a JPEG left for the GPU
 decoder (:mod:`imgflow.io.jpeg_route`) is answered ``("jpeg", task_id, seconds, shape, nbytes,
-meta, digest, payload)``: the file's ``nbytes`` bytes travel instead of pixels of ``shape``. Under a memory budget, the worker first sends
-``("ask", task_id, DecodeCost)`` once the header is read, and decodes the pixels only after the
-parent's ``("grant", task_id)``; ``("refuse", task_id, message)`` fails the file with
-``memory_budget`` without decoding it.
+meta, digest, payload)``: the file's ``nbytes`` bytes travel instead of pixels of ``shape``.
+Under a memory budget, the worker first sends ``("ask", task_id, DecodeCost)`` once the header is
+read, and decodes the pixels only after the parent's ``("grant", task_id)``; ``("refuse",
+task_id, message)`` fails the file with ``memory_budget`` without decoding it.
 
 Test hook (test-only, never set it in production): ``IMGFLOW_TEST_CRASH_ON`` makes a worker
 misbehave on purpose when the name of the file it is about to decode contains a substring. The
