@@ -146,6 +146,27 @@ def test_what_a_chain_thread_raises_reaches_the_main_thread(tmp_path, oom_plugin
         runner.finish()
 
 
+def test_a_run_on_two_chains_records_every_item_once_with_the_same_outputs(tmp_path, monkeypatch):
+    """The local executor's side of several GPUs, with two chains on the CPU standing in."""
+    import imgflow.executors.chains as chains
+
+    write_images(tmp_path / "in", 7, size=(24, 32))
+    outputs, said = {}, []
+    for count in (1, 2):
+        monkeypatch.setattr(chains, "extra_devices", lambda spec, first, n=count: ["cpu"] * (n - 1))
+        out = tmp_path / f"out{count}"
+        pipe = load_pipeline(write_pipeline(tmp_path / f"p{count}.toml", input=tmp_path / "in", output=out,
+                                            stages=[{"use": "color_jitter", "brightness": 0.5}], out={"format": "png"},
+                                            run={"device": "cpu", "batch_size": 2, "workers": 1}))
+        result = run_pipeline(pipe, echo=said.append)
+        assert result.counts["done"] == 7 and result.exit_code == 0
+        lines = (out / "manifest.jsonl").read_text().splitlines()
+        assert len(lines) == 7  # one record per input
+        outputs[count] = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert "imgflow: 2 stage chains, one per GPU: cpu, cpu" in said
+    assert outputs[2] == outputs[1] and len(outputs[1]) == 7  # seeded per item, whichever chain ran it
+
+
 def test_which_devices_get_a_chain():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert extra_devices(["cuda:0", "cuda:2"], torch.device("cuda:0")) == ["cuda:2"]
