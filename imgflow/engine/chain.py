@@ -40,6 +40,9 @@ def resolve_device(spec: str | list[str]) -> torch.device:
     import torch
 
     if isinstance(spec, list):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"[run] device = {spec}, but this machine has no CUDA device (fix: device = \"auto\" "
+                              "or \"cpu\", or --device cpu)")
         for one in spec:
             resolve_device(one)
         return resolve_device(spec[0])
