@@ -92,7 +92,8 @@ class ItemError(Exception):
     already owns the output name), outside_input (a symlink leading outside the input folder).
     ``memory_budget``: the image's own working set (decoding, the stages, the write) is larger
     than one image may use (half the machine's memory, or a configured ``[run] max_memory_mb``),
-    so it was refused from its header without being decoded.
+    so it was refused from its header without being decoded. ``gpu_memory``: the stages ran out
+    of GPU memory with this image alone (batches are halved first; imgflow.engine.oom).
     """
 
     def __init__(self, code: str, message: str) -> None:

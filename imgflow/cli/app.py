@@ -106,7 +106,7 @@ def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Override [input] path: a folder, one file, or a quoted glob such as "
                           "'scans/**/*.tif' (its folder part becomes the input folder, the rest the include)."),
         click.option("--output", "-o", "output_path", metavar="DIR", help="Override [output] path."),
-        click.option("--device", metavar="DEV", help="Override [run] device: auto, cpu, cuda, cuda:N."),
+        click.option("--device", metavar="DEV", help="Override [run] device: auto, cpu, cuda (every GPU), cuda:N, or cuda:0,cuda:1."),
         click.option("--batch-size", "-b", type=int, metavar="N", help="Override [run] batch_size."),
         click.option("--workers", "-w", type=int, metavar="N", help="Override [run] workers."),
         click.option("--executor", type=click.Choice(["local", "ray"]),

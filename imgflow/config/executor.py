@@ -66,7 +66,7 @@ def executor_problems(where: str, run: Any, stages: list[Any]) -> list[Problem]:
             f"{where} [run] executor",
             f"training runs ({trainer.use}) run on the local executor only",
             "set executor = \"local\" (or --executor local) for this pipeline"))
-    if run.device.startswith("cuda") and run.ray.num_gpus == 0:
+    if isinstance(run.device, str) and run.device.startswith("cuda") and run.ray.num_gpus == 0:
         problems.append(Problem(
             f"{where} [run] device",
             f"device = {run.device!r} on the Ray executor, but [run.ray] num_gpus = 0 gives the stage "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgflow.config.devices import split_device_option
 from imgflow.errors import Problem
 
 
@@ -85,7 +86,8 @@ def apply_overrides(data: dict[str, Any], ov: Overrides, problems: list[Problem]
             data["input"]["include"] = include
     if ov.output is not None:
         data.setdefault("output", {})["path"] = str((cwd / ov.output).resolve())
-    for key, value in (("device", ov.device), ("batch_size", ov.batch_size), ("workers", ov.workers),
+    device = split_device_option(ov.device) if ov.device is not None else None
+    for key, value in (("device", device), ("batch_size", ov.batch_size), ("workers", ov.workers),
                        ("executor", ov.executor)):
         if value is not None:
             data.setdefault("run", {})[key] = value

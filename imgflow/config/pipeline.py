@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgflow.config.devices import device_problems
 from imgflow.config.executor import executor_problems
 from imgflow.config.overrides import Overrides, apply_overrides
 from imgflow.config.preflight import preflight
@@ -96,6 +97,7 @@ def load_pipeline(path: str | Path, overrides: Overrides | None = None, check_pa
     parsed = check_sections(where, data, problems)
     stages = check_stages(where, data, problems)
     problems.extend(executor_problems(where, parsed.get("run"), stages))
+    problems.extend(device_problems(where, parsed.get("run"), stages))
     in_path, out_path = resolve_paths(where, data, parsed.get("input"), parsed.get("output"),
                                      source.parent, problems) if check_paths else (None, None)
     if problems:

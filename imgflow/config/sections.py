@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from imgflow.config.devices import DECODE_CHOICES, check_device_list
 from imgflow.config.executor import RaySection
 from imgflow.io.naming import DEFAULT_TEMPLATE
 from imgflow.io.source import DEFAULT_INCLUDE
@@ -75,7 +76,11 @@ class OutputSection(_Section):
 
 
 class RunSection(_Section):
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: str | list[str] = Field(
+        "auto", description="auto, cpu, cuda (every visible GPU), cuda:N, or a list such as [\"cuda:0\", \"cuda:1\"].")
+    decode: DECODE_CHOICES = Field(
+        "cpu", description="JPEG decoding: cpu (worker processes), gpu (nvJPEG on the stages' GPU, per-file CPU "
+                           "fallback) or auto (measured at start).")
     batch_size: int = Field(8, ge=1, le=4096, description="Images per batch on the device.")
     workers: int = Field(default_factory=_default_workers, ge=1, le=256,
                          description="Decode worker processes (and encode threads).")
@@ -97,6 +102,12 @@ class RunSection(_Section):
     executor: Literal["local", "ray"] = Field(
         "local", description="Where the run executes: this machine, or a Ray cluster ([run.ray]).")
     ray: RaySection = Field(default_factory=RaySection, description="[run.ray]: the Ray executor's settings.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_list(cls, value: str | list[str]) -> str | list[str]:
+        """A list names distinct CUDA devices (cuda:N); a single name is checked by DEVICE_RE."""
+        return check_device_list(value) if isinstance(value, list) else value
 
     @field_validator("worker_memory_mb")
     @classmethod

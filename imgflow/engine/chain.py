@@ -6,7 +6,8 @@ inside an actor, the training loop for its upstream stages, and a test with no e
 
 Per-item isolation lives here, so every executor has it: when a batch raises, its inputs are
 retried one by one and only the input that raises again fails (``stage_error``), with the place
-in the code that raised.
+in the code that raised. A batch that runs out of GPU memory is halved instead, down to one
+image, which then fails as ``gpu_memory`` (:mod:`imgflow.engine.oom`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.stage import DecodeHint, Stage
 
 
-def resolve_device(spec: str) -> torch.device:
-    """'auto' picks CUDA when present; an explicit device that is absent is a config error."""
+def resolve_device(spec: str | list[str]) -> torch.device:
+    """'auto' picks CUDA when present; an explicit device that is absent is a config error.
+
+    A list of devices (several GPUs) is checked whole; the chain takes its first device, and
+    :mod:`imgflow.executors.chains` sets up one more chain per other device.
+    """
     import torch
 
+    if isinstance(spec, list):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"[run] device = {spec}, but this machine has no CUDA device (fix: device = \"auto\" "
+                              "or \"cpu\", or --device cpu)")
+        for one in spec:
+            resolve_device(one)
+        return resolve_device(spec[0])
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda"):
@@ -61,6 +73,10 @@ def to_item(decoded: Decoded, relpath: str, seed: int) -> Item:
 
     from imgflow.batch import Item
 
+    if decoded.tensor is not None:  # decoded on the device already (nvJPEG: imgflow.io.gpu_jpeg)
+        return Item(source=relpath, uint8=decoded.tensor, meta=decoded.meta, seed=seed)
+    if decoded.encoded is not None:
+        raise RuntimeError(f"{relpath}: a JPEG left for the GPU decoder reached the stages undecoded (a bug)")
     pixels = decoded.pixels
     with warnings.catch_warnings():  # read-only pixels (Pillow's, Ray's) are only read
         warnings.simplefilter("ignore", UserWarning)
@@ -123,6 +139,8 @@ class StageChain:
         self.device_spec = device
         self.seed = seed
         self.device: torch.device | None = None
+        #: Set once a batch ran out of GPU memory: the most inputs that fitted in one pass since.
+        self.max_inputs: int | None = None
         self._ready = False
 
     # -- what the chain needs, asked before setup (cheap)
@@ -201,22 +219,46 @@ class StageChain:
     def run(self, inputs: Sequence[ChainInput]) -> list[ChainResult]:
         """Apply the chain to a batch of inputs; if it raises, retry input by input.
 
-        Every input gets exactly one result, in the order given.
+        Every input gets exactly one result, in the order given. Out of GPU memory, the batch is
+        halved instead (see :mod:`imgflow.engine.oom`).
         """
         from imgflow.batch import Batch
+        from imgflow.engine.oom import describe, is_out_of_memory
 
+        if self.max_inputs is not None and len(inputs) > self.max_inputs:
+            step = self.max_inputs
+            return [result for at in range(0, len(inputs), step) for result in self.run(inputs[at:at + step])]
         started = time.perf_counter()
+        out_of_memory = None
         try:
             batch = self.apply(Batch([to_item(i.decoded, i.relpath, self.seed) for i in inputs], device="cpu"))
-        except Exception:
-            if len(inputs) == 1:
-                return [ChainResult(inputs[0], [], _stage_error(), time.perf_counter() - started)]
-            return [result for single in inputs for result in self.run([single])]
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                if len(inputs) == 1:
+                    return [ChainResult(inputs[0], [], _stage_error(), time.perf_counter() - started)]
+                return [result for single in inputs for result in self.run([single])]
+            out_of_memory = describe(exc)  # retried below, once the exception's frames are gone
+        if out_of_memory is not None:
+            return self._smaller(inputs, out_of_memory, started)
         per_item = (time.perf_counter() - started) / max(1, len(inputs))
         by_source: dict[str, list[Item]] = {}
         for item in batch.items:
             by_source.setdefault(item.source, []).append(item)
         return [ChainResult(i, by_source.get(i.relpath, []), None, per_item) for i in inputs]
+
+    def _smaller(self, inputs: Sequence[ChainInput], why: str, started: float) -> list[ChainResult]:
+        """Out of GPU memory: each half on its own, and batches no larger from now on; one input
+        alone fails as ``gpu_memory``."""
+        from imgflow.engine.oom import free_cached_memory, gpu_memory_error
+
+        free_cached_memory(self.device)
+        if len(inputs) == 1:
+            only = inputs[0]
+            error = gpu_memory_error(only.relpath, only.decoded.meta, self.device, why)
+            return [ChainResult(only, [], error, time.perf_counter() - started)]
+        half = (len(inputs) + 1) // 2
+        self.max_inputs = half if self.max_inputs is None else min(self.max_inputs, half)
+        return self.run(inputs[:half]) + self.run(inputs[half:])
 
 
 def _stage_error() -> ItemError:

@@ -5,7 +5,9 @@ Threads and processes, and why:
                   compute) and feeds the decode pool (:class:`imgflow.io.prefetch.Prefetcher`).
   decode workers  separate processes (:mod:`imgflow.io.decodepool`): a decoder crash costs one file.
   main thread     batches decoded items, runs the stage chain (torch uses its own intra-op
-                  threads) and records finished items in SQLite. Only this thread touches stages.
+                  threads) and records finished items in SQLite. Only this thread touches stages,
+                  except with several GPUs: then each GPU's chain runs in a thread of its own
+                  (:mod:`imgflow.executors.chains`) and the main thread hands out batches.
   writer threads  encode and write outputs atomically; Pillow releases the GIL while encoding.
 Every hand-off is bounded (bytes of decoded pixels, writes in flight), so memory does not grow
 with the number of files. On top of that, the run's memory budget (:mod:`imgflow.memory`)
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Item
     from imgflow.engine.chain import ChainResult
     from imgflow.engine.plan import WorkItem
+    from imgflow.executors.decode_route import DecodeRoute
     from imgflow.memory import MemoryBudget
 
 
@@ -56,7 +59,10 @@ class LocalExecutor:
 
     def execute(self, job: Job) -> None:
         from imgflow.engine.chain import ChainInput
+        from imgflow.engine.plan import decode_limits
         from imgflow.engine.progress import Progress
+        from imgflow.executors.chains import ChainRunner
+        from imgflow.executors.decode_route import DecodeRoute
         from imgflow.io.prefetch import END, WAITING, Prefetcher
         from imgflow.memory import run_budget
 
@@ -68,20 +74,27 @@ class LocalExecutor:
         run = job.pipeline.run
         batch_size = job.chain.batch_size(run.batch_size)
         budget = run_budget(run.max_memory_mb)
-        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch, budget),
+        route = DecodeRoute(run.decode, decode_limits(job.pipeline, job.chain.decode_hint()), run.decode_timeout_s)
+        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch, budget, route),
                               max_bytes=int(run.prefetch_mb * 1024 * 1024))
         # Decoding starts first, so worker start-up and the first decodes overlap with importing
         # torch and loading weights. Nothing is recorded until the stages are ready, so a setup
         # failure (missing weights, no CUDA) still fails the run before any item is processed.
-        with prefetch, _Writers(job, run.workers) as writers:
-            job.chain.setup()
+        with prefetch, _Writers(job, run.workers) as writers, ChainRunner.start(job, route) as runner:
             job.recorder.progress = Progress(job.pipeline.name, job.options.progress)
             pending: list[ChainInput] = []
+
+            def run_batch(batch: list[ChainInput]) -> None:
+                for results in runner.submit(batch):
+                    writers.submit(results)
+
             while (got := prefetch.get(timeout=_POLL_S)) is not END:
                 if got is WAITING:  # nothing decoded yet: record finished writes, maybe run short
+                    for results in runner.poll():
+                        writers.submit(results)
                     writers.drain(block=False)
                     if pending and budget.starved:  # only finished items can free memory now
-                        writers.submit(job.chain.run(pending))
+                        run_batch(pending)
                         pending = []
                     continue
                 work, outcome, seconds = got
@@ -90,16 +103,18 @@ class LocalExecutor:
                 else:
                     pending.append(ChainInput(_Decoded(work, seconds), work.relpath, outcome))
                     if len(pending) >= batch_size:
-                        writers.submit(job.chain.run(pending))
+                        run_batch(pending)
                         pending = []
                 writers.drain(block=False)
             if pending:
-                writers.submit(job.chain.run(pending))
+                run_batch(pending)
+            for results in runner.finish():
+                writers.submit(results)
         job.recorder.skipped(job.plan.skipped)
 
     @staticmethod
     def _decode_stream(job: Job, first: WorkItem, rest: Iterator[WorkItem], prefetch: Any,
-                       budget: MemoryBudget) -> Iterator[Any]:
+                       budget: MemoryBudget, route: DecodeRoute) -> Iterator[Any]:
         """Runs on the feeder thread: the plan's items through a decode pool, in completion order."""
         from imgflow.engine.footprint import item_peak_bytes
         from imgflow.engine.plan import decode_limits
@@ -125,7 +140,7 @@ class LocalExecutor:
         run = job.pipeline.run
         with DecodePool(workers=run.workers, limits=decode_limits(job.pipeline, job.chain.decode_hint()),
                         timeout_s=run.decode_timeout_s, budget=budget,
-                        footprint=lambda shape: item_peak_bytes(stages, shape)) as pool:
+                        footprint=lambda shape: item_peak_bytes(stages, shape), defer_jpeg=route.defer) as pool:
             for outcome in pool.imap_unordered(works()):
                 yield from refusals()
                 yield outcome

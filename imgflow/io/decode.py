@@ -39,6 +39,10 @@ file carried a usable ICC profile. Mode policy (why each is what it is):
 Multi-frame files (animated GIF/WebP/PNG, multi-page TIFF, MPO): the first frame only is decoded;
 ``meta.frames`` records how many frames the file holds.
 
+GPU decoding (``defer_jpeg``): a JPEG that nvJPEG decodes as this module would is checked, capped
+and admitted here as usual, and comes back undecoded: ``Decoded.encoded`` holds its bytes and
+``pixels`` only has the shape to come (:mod:`imgflow.io.jpeg_route`).
+
 This module imports Pillow and numpy only (never torch): it is preloaded into every decode worker.
 It is meant for one decode at a time per process, as the pool runs it: a decode briefly sets two
 process-wide things (Pillow's bomb threshold, the warnings filters). Threads calling it at once
@@ -88,6 +92,7 @@ from imgflow.io.decode_errors import (
     warning_notes,
 )
 from imgflow.io.decode_errors import sniff_format as sniff_format
+from imgflow.io.jpeg_route import EncodedJpeg, deferred_meta, gpu_refusal, placeholder
 from imgflow.io.modes import GRAY16_MODES, bytes_per_pixel, orient, to_array
 from imgflow.memory import DecodeCost, ImageShape
 from imgflow.stage import DecodeHint
@@ -177,6 +182,11 @@ class Decoded:
     #: The memory this image holds in the run's budget (imgflow.memory.Reservation), set by the
     #: decode pool in the parent; release it when the item is done with.
     reservation: Any = field(default=None, repr=False, compare=False)
+    #: GPU decoding: the file's bytes (an imgflow.io.jpeg_route.EncodedJpeg), left undecoded by the
+    #: worker; ``pixels`` is then a placeholder of the right shape, and ``tensor`` the pixels once
+    #: decoded on the device: uint8 (3, H, W).
+    encoded: Any = field(default=None, repr=False, compare=False)
+    tensor: Any = field(default=None, repr=False, compare=False)
 
     @property
     def has_alpha(self) -> bool:
@@ -220,19 +230,22 @@ def apply_memory_cap(limits: DecodeLimits) -> bool:
 Admit = Callable[[DecodeCost], None]
 
 
-def decode_file(path: str | Path, limits: DecodeLimits, admit: Admit | None = None) -> Decoded:
+def decode_file(path: str | Path, limits: DecodeLimits, admit: Admit | None = None,
+                defer_jpeg: bool = False) -> Decoded:
     """Read, hash and decode one file; raise ItemError with a reason code on any failure.
 
     ``admit`` (see :data:`Admit`) lets the caller wait for, or refuse, the memory the pixels need.
+    ``defer_jpeg`` leaves a JPEG that nvJPEG can decode undecoded (see the module docstring).
     """
     try:
         data = _read_capped(Path(path), limits)
     except MemoryError:
         raise memory_error(str(path), limits) from None
-    return decode_bytes(data, limits, source=str(path), admit=admit)
+    return decode_bytes(data, limits, source=str(path), admit=admit, defer_jpeg=defer_jpeg)
 
 
-def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>", admit: Admit | None = None) -> Decoded:
+def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>", admit: Admit | None = None,
+                 defer_jpeg: bool = False) -> Decoded:
     """Decode bytes already in memory (``source`` names them in error messages).
 
     The size cap is checked here too, so callers that read files themselves get the same
@@ -252,7 +265,7 @@ def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>", adm
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            pixels, meta = _decode(data, limits, source, notes, admit)
+            pixels, meta = _decode(data, limits, source, notes, admit, defer_jpeg)
         except ItemError:
             raise
         except MemoryError:
@@ -266,6 +279,9 @@ def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>", adm
         except Exception as exc:  # anything else a hostile file provokes is still one bad file
             raise decode_error(source, exc) from None
         meta.notes.extend(warning_notes(caught, notes))
+    if pixels is None:  # left for the GPU decoder
+        return Decoded(pixels=placeholder(meta.height, meta.width), meta=meta, content_hash=content_hash,
+                       encoded=EncodedJpeg(np.frombuffer(data, dtype=np.uint8), source))
     return Decoded(pixels=pixels, meta=meta, content_hash=content_hash)
 
 
@@ -375,9 +391,13 @@ def _open(data: bytes, limits: DecodeLimits, source: str) -> ImageFile.ImageFile
 
 
 def _decode(
-    data: bytes, limits: DecodeLimits, source: str, notes: list[str], admit: Admit | None = None
-) -> tuple[np.ndarray, ImageMeta]:
-    """The decode proper; any exception escapes to :func:`decode_bytes` for classification."""
+    data: bytes, limits: DecodeLimits, source: str, notes: list[str], admit: Admit | None = None,
+    defer_jpeg: bool = False,
+) -> tuple[np.ndarray | None, ImageMeta]:
+    """The decode proper; any exception escapes to :func:`decode_bytes` for classification.
+
+    Pixels are None for a JPEG left to the GPU decoder (``defer_jpeg``).
+    """
     im = _open(data, limits, source)
     try:
         fmt = str(im.format)
@@ -385,6 +405,10 @@ def _decode(
         _check_pixels(im.size, source, limits)
         frames = _count_frames(im, data, limits, source, notes)
         _note_colour_precision(im, notes)
+        if defer_jpeg and gpu_refusal(im, data) is None:
+            if admit is not None:
+                admit(decode_cost(im))
+            return None, deferred_meta(im, frames, notes)
         _draft(im, limits.hint, notes)
         if admit is not None:
             admit(decode_cost(im))

@@ -8,13 +8,15 @@ OOM killer.
 
 Protocol. The worker's first message says whether it can decode at all under its memory cap:
 ``("ready",)``, or ``("unfit", address_space_mb, detail)`` and it exits. Then, per task
-``(task_id, path)`` received on the worker's pipe: a reply tuple
+``(task_id, path, defer_jpeg)`` received on the worker's pipe: a reply tuple
 ``("err", task_id, seconds, ItemError)``, or ``("ok", task_id, seconds, shape, dtype, meta,
 digest, payload)`` where ``payload`` is None when the pixels follow as a memory-file descriptor
-(:mod:`imgflow.io.pixel_ipc`), else their bytes. Under a memory budget, the worker first sends
-``("ask", task_id, DecodeCost)`` once the header is read, and decodes the pixels only after the
-parent's ``("grant", task_id)``; ``("refuse", task_id, message)`` fails the file with
-``memory_budget`` without decoding it.
+(:mod:`imgflow.io.pixel_ipc`), else their bytes. With ``defer_jpeg``, a JPEG left for the GPU
+decoder (:mod:`imgflow.io.jpeg_route`) is answered ``("jpeg", task_id, seconds, shape, nbytes,
+meta, digest, payload)``: the file's ``nbytes`` bytes travel instead of pixels of ``shape``.
+Under a memory budget, the worker first sends ``("ask", task_id, DecodeCost)`` once the header is
+read, and decodes the pixels only after the parent's ``("grant", task_id)``; ``("refuse",
+task_id, message)`` fails the file with ``memory_budget`` without decoding it.
 
 Test hook (test-only, never set it in production): ``IMGFLOW_TEST_CRASH_ON`` makes a worker
 misbehave on purpose when the name of the file it is about to decode contains a substring. The
@@ -74,12 +76,12 @@ def worker_main(conn: Connection, limits: DecodeLimits, crash_on: str | None, na
             return  # parent closed the pipe or died
         if task is None:
             return
-        task_id, path = task
+        task_id, path, defer_jpeg = task
         if hooks:
             _misbehave(path, hooks, after_export=False)
         admit = (lambda cost, t=task_id: _ask(conn, t, cost, backlog)) if asks else None
         try:
-            reply, fd = _decode_task(task_id, path, limits, name, admit)
+            reply, fd = _decode_task(task_id, path, limits, name, admit, defer_jpeg)
         except _Shutdown:
             return
         if hooks:
@@ -119,17 +121,22 @@ def _ask(conn: Connection, task_id: int, cost: DecodeCost, backlog: deque) -> No
 
 
 def _decode_task(task_id: int, path: str, limits: DecodeLimits, name: str,
-                 admit: Admit | None = None) -> tuple[tuple, int | None]:
-    """Decode one file and export its pixels; never raises (but _Shutdown). Returns (reply, fd
-    to pass or None)."""
+                 admit: Admit | None = None, defer_jpeg: bool = False) -> tuple[tuple, int | None]:
+    """Decode one file and export its pixels (or, left for the GPU, its bytes); never raises (but
+    _Shutdown). Returns (reply, fd to pass or None)."""
     start = time.perf_counter()
     try:
-        decoded = decode_file(path, limits, admit)
+        decoded = decode_file(path, limits, admit, defer_jpeg=defer_jpeg)
         pixels = decoded.pixels
-        payload = pixel_ipc.export(pixels, name)
+        if decoded.encoded is not None:
+            payload = pixel_ipc.export(decoded.encoded.data, name)
+            kind, layout = "jpeg", int(decoded.encoded.data.nbytes)
+        else:
+            payload = pixel_ipc.export(pixels, name)
+            kind, layout = "ok", pixels.dtype.str
         fd = payload if isinstance(payload, int) else None
         seconds = time.perf_counter() - start
-        reply = ("ok", task_id, seconds, pixels.shape, pixels.dtype.str, decoded.meta, decoded.content_hash,
+        reply = (kind, task_id, seconds, pixels.shape, layout, decoded.meta, decoded.content_hash,
                  None if fd is not None else payload)
         return reply, fd
     except ItemError as exc:

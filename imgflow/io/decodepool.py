@@ -22,6 +22,8 @@ results:
   timeout runs meanwhile). Each decoded image carries its reservation to the caller.
 * A worker exits as soon as the pool's process dies, even one stuck inside a decoder, so a
   SIGKILLed run leaves no process behind (nor, through it, the forkserver).
+* With ``defer_jpeg`` (GPU decoding, asked per task as it is handed out), a JPEG the GPU can
+  decode comes back undecoded: ``Decoded.encoded`` holds its bytes (:mod:`imgflow.io.jpeg_route`).
 
 Workers start with the "forkserver" method on Linux (the server preloads the worker module, so
 replacing a dead worker is a fork, not a fresh interpreter) and "spawn" elsewhere.
@@ -51,6 +53,7 @@ from imgflow.errors import ConfigError, ImgflowError, ItemError
 from imgflow.io import pixel_ipc
 from imgflow.io.decode import DecodeLimits, Decoded
 from imgflow.io.decode_worker import ENV_TEST_CRASH_ON, worker_main
+from imgflow.io.jpeg_route import EncodedJpeg, placeholder
 from imgflow.memory import DecodeCost, ImageShape, MemoryBudget, Reservation
 
 __all__ = ["DecodePool", "ENV_TEST_CRASH_ON", "Outcome"]
@@ -112,7 +115,7 @@ class DecodePool:
     def __init__(
         self, workers: int, limits: DecodeLimits, timeout_s: float = 120.0, prefetch: int = 2, *,
         budget: MemoryBudget | None = None, footprint: Callable[[ImageShape], int] | None = None,
-        hold: bool = True,
+        hold: bool = True, defer_jpeg: Callable[[], bool] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -129,6 +132,9 @@ class DecodePool:
         self.budget = budget
         self.footprint = footprint
         self.hold = hold
+        #: Asked as each task is handed out: leave JPEGs the GPU can decode undecoded? (It can
+        #: change during a run: ``decode = "auto"`` decides once the stages are set up.)
+        self.defer_jpeg = defer_jpeg
         self._asks: deque[_Worker] = deque()  # workers waiting for memory, first come first served
         self.timeout_s = float(timeout_s)
         self.prefetch = prefetch
@@ -294,7 +300,7 @@ class DecodePool:
             worker = min(room, key=lambda w: len(w.held))
             task = pending.popleft()
             try:
-                worker.conn.send((task.id, task.path))
+                worker.conn.send((task.id, task.path, bool(self.defer_jpeg and self.defer_jpeg())))
             except (OSError, ValueError):  # the worker is gone; it never saw this task
                 pending.appendleft(task)
                 worker.dead = True
@@ -406,7 +412,7 @@ class DecodePool:
         The pixels' descriptor is taken off the pipe before the task leaves ``held``: a worker that
         dies between its reply and the descriptor is then charged with the task, as any crash.
         """
-        fd = pixel_ipc.receive_fd(worker.conn) if reply[0] == "ok" and reply[7] is None else None
+        fd = pixel_ipc.receive_fd(worker.conn) if reply[0] in ("ok", "jpeg") and reply[7] is None else None
         task = worker.held.popleft()
         worker.head_since = time.monotonic()  # the worker starts its next task right away
         if reply[1] != task.id:  # pragma: no cover - protocol invariant
@@ -414,12 +420,13 @@ class DecodePool:
         if reply[0] == "err":
             self._release(task)
             return task.key, reply[3], float(reply[2])
-        _, _, seconds, shape, dtype, meta, content_hash, payload = reply
+        kind, _, seconds, shape, dtype, meta, content_hash, payload = reply
+        received_shape, received_dtype = ((dtype,), "|u1") if kind == "jpeg" else (shape, dtype)
         try:
             if fd is not None:
-                pixels = pixel_ipc.import_fd(fd, shape, dtype)
+                received = pixel_ipc.import_fd(fd, received_shape, received_dtype)
             else:
-                pixels = pixel_ipc.import_bytes(payload, shape, dtype)
+                received = pixel_ipc.import_bytes(payload, received_shape, received_dtype)
         except MemoryError:
             self._release(task)
             error = ItemError(
@@ -432,7 +439,13 @@ class DecodePool:
             self._release(task)
             error = ItemError("decode_error", f"{task.path}: decoded pixels were lost: {exc}")
             return task.key, error, float(seconds)
-        decoded = Decoded(pixels=pixels, meta=meta, content_hash=content_hash, reservation=self._settle(task, pixels))
+        if kind == "jpeg":  # the file's bytes, for the GPU decoder; ``shape`` is what it will decode to
+            pixels = placeholder(shape[0], shape[1])
+            decoded = Decoded(pixels=pixels, meta=meta, content_hash=content_hash,
+                              reservation=self._settle(task, pixels), encoded=EncodedJpeg(received, task.path))
+            return task.key, decoded, float(seconds)
+        decoded = Decoded(pixels=received, meta=meta, content_hash=content_hash,
+                          reservation=self._settle(task, received))
         return task.key, decoded, float(seconds)
 
     # ----------------------------------------------------------------- failures

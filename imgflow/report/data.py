@@ -210,7 +210,7 @@ def failure_step(code: str | None, stages: list[str]) -> str | None:
         return "decode"
     if code in WRITE_CODES:
         return "write"
-    if code == "stage_error":
+    if code in ("stage_error", "gpu_memory"):
         return stages[0] if len(stages) == 1 else "stages"
     return "other"
 
