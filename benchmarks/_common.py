@@ -35,7 +35,9 @@ from PIL import Image, ImageDraw
 GENERATOR_VERSION = 1
 
 #: The console script of the environment running this file (the engine under test).
-IMGFLOW = Path(sys.executable).parent / "imgflow"
+#: The console script the benchmarks time: beside this Python, or $IMGFLOW_CLI (benchmarks/gpu.sh sets
+#: it when it runs a system Python with imgflow installed into a --target folder).
+IMGFLOW = Path(os.environ.get("IMGFLOW_CLI") or Path(sys.executable).parent / "imgflow")
 
 
 # ---------------------------------------------------------------------------------------------

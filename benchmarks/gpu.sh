@@ -18,6 +18,11 @@
 # finished `uv sync` or what `uv sync --frozen` needs (the package index, or a warm uv cache).
 # Nothing else: weights are random and images are generated, so no other network is used.
 # GPU_SH_SKIP_SYNC=1 skips the sync.
+#
+# On a machine with no package index but a Python that already has torch and torchvision (a
+# lent GPU machine), run with GPU_SH_PYTHON=python3: the script then installs the wheels that
+# `bash benchmarks/gpu_wheels.sh` put in .whl/ (imgflow itself and what the machine lacks) into
+# /tmp/imgflow-site and runs everything with that Python instead of uv.
 
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -84,7 +89,19 @@ if [ "$DRY" = 1 ]; then
 fi
 say ""
 
-if [ "${GPU_SH_SKIP_SYNC:-0}" != 1 ]; then
+if [ -n "${GPU_SH_PYTHON:-}" ]; then
+  SITE=/tmp/imgflow-site
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$GPU_SH_PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$SITE" .whl/*.whl && say "installed $(ls .whl/*.whl | wc -l) carried wheels into $SITE"
+  else
+    say "GPU_SH_PYTHON is set but .whl/ holds no wheels: run benchmarks/gpu_wheels.sh first"
+  fi
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" IMGFLOW_CLI="$SITE/bin/imgflow"
+  UV=(env "PYTHONPATH=$PYTHONPATH" "$GPU_SH_PYTHON")
+  GPU_PY=("${UV[@]}" benchmarks/gpu.py --workdir "$WORK")
+  STARTED=$(date +%s)
+elif [ "${GPU_SH_SKIP_SYNC:-0}" != 1 ]; then
   t0=$(date +%s)
   if uv sync --frozen --quiet; then
     say "uv sync --frozen: $(($(date +%s) - t0))s (not counted in the budget)"
@@ -93,32 +110,34 @@ if [ "${GPU_SH_SKIP_SYNC:-0}" != 1 ]; then
   fi
   STARTED=$(date +%s)
 fi
-UV=(uv run --no-sync)
-GPU_PY=("${UV[@]}" python benchmarks/gpu.py --workdir "$WORK")
+if [ -z "${GPU_SH_PYTHON:-}" ]; then
+  UV=(uv run --no-sync python)
+  GPU_PY=("${UV[@]}" benchmarks/gpu.py --workdir "$WORK")
+fi
 
 if [ "$DRY" = 1 ]; then
-  part facts 60 "${UV[@]}" python benchmarks/gpu.py facts
-  part tests 300 "${UV[@]}" pytest -m gpu -q -rs -p no:cacheprovider
+  part facts 60 "${UV[@]}" benchmarks/gpu.py facts
+  part tests 300 "${UV[@]}" -m pytest -m gpu -q -rs -p no:cacheprovider
   part decode 300 "${GPU_PY[@]}" decode --device cpu --count 16 --size 256x192 --batch 8 --workers 2
   part e2e 600 "${GPU_PY[@]}" e2e --device cpu --count 6 --size 128x96 --batch 4 --workers 2
-  part colorize-vs-reference 900 "${UV[@]}" python benchmarks/colorize.py --device cpu --models eccv16 \
+  part colorize-vs-reference 900 "${UV[@]}" benchmarks/colorize.py --device cpu --models eccv16 \
     --count 2 --reps 1 --workdir "$WORK/colorize"
   part stages 600 "${GPU_PY[@]}" stages --device cpu --count 4 --size 128x96 --batch 4 --workers 2
-  part ddcolor 900 "${UV[@]}" python benchmarks/colorize.py --device cpu --models ddcolor-tiny --count 1 \
+  part ddcolor 900 "${UV[@]}" benchmarks/colorize.py --device cpu --models ddcolor-tiny --count 1 \
     --reps 1 --workdir "$WORK/colorize"
-  part finetune 900 "${UV[@]}" python benchmarks/finetune.py --device cpu --count 8 --epochs 1 --image-size 64 \
+  part finetune 900 "${UV[@]}" benchmarks/finetune.py --device cpu --count 8 --epochs 1 --image-size 64 \
     --batch-size 4 --workers 1 --workdir "$WORK/finetune"
 else
-  part facts 15 "${UV[@]}" python benchmarks/gpu.py facts
-  part tests 90 "${UV[@]}" pytest -m gpu -q -rs -p no:cacheprovider
+  part facts 15 "${UV[@]}" benchmarks/gpu.py facts
+  part tests 90 "${UV[@]}" -m pytest -m gpu -q -rs -p no:cacheprovider
   part decode 45 "${GPU_PY[@]}" decode --count 1000
   part e2e 90 "${GPU_PY[@]}" e2e --count 1000 --batch 64
-  part colorize-vs-reference 75 "${UV[@]}" python benchmarks/colorize.py --device cuda --models eccv16 siggraph17 \
+  part colorize-vs-reference 75 "${UV[@]}" benchmarks/colorize.py --device cuda --models eccv16 siggraph17 \
     --count 100 --reps 1 --workdir "$WORK/colorize"
   part stages 50 "${GPU_PY[@]}" stages --count 300 --batch 32
-  part ddcolor 45 "${UV[@]}" python benchmarks/colorize.py --device cuda --models ddcolor-tiny --autocast auto \
+  part ddcolor 45 "${UV[@]}" benchmarks/colorize.py --device cuda --models ddcolor-tiny --autocast auto \
     --count 64 --reps 1 --workdir "$WORK/colorize"
-  part finetune 60 "${UV[@]}" python benchmarks/finetune.py --device cuda --count 1000 --batch-size 128 --epochs 2 \
+  part finetune 60 "${UV[@]}" benchmarks/finetune.py --device cuda --count 1000 --batch-size 128 --epochs 2 \
     --workers 8 --workdir "$WORK/finetune"
 fi
 
