@@ -107,6 +107,7 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
     from imgflow.io.outroot import startup_error
     from imgflow.plugins import call_lifecycle
     from imgflow.state import StateStore
+    from imgflow.state.manifest_stamp import export_manifest_if_changed
 
     started = time.monotonic()
     out = pipeline.output_path
@@ -159,7 +160,7 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
             store.finish_run(run_id, status=status, counts=dict(recorder.counts), exit_code=exit_code,
                              message=message)
             if pipeline.output.manifest:
-                store.export_manifest(out / "manifest.jsonl")
+                export_manifest_if_changed(store, out / "manifest.jsonl")
                 store.export_summary(run_id, out / "run-summary.json")
             if pipeline.output.report and status != "interrupted":
                 _write_report(pipeline, echo)
