@@ -77,6 +77,10 @@ class LocalExecutor:
             job.chain.setup()
             job.recorder.progress = Progress(job.pipeline.name, job.options.progress)
             pending: list[ChainInput] = []
+            # The first batch is the first decoded item alone: its output is written one forward
+            # after the stages are ready, not a full batch later (a cron run over a few new scans
+            # is mostly start-up). Per image, a batch of one costs the same forward on a CPU.
+            fill = 1
             while (got := prefetch.get(timeout=_POLL_S)) is not END:
                 if got is WAITING:  # nothing decoded yet: record finished writes, maybe run short
                     writers.drain(block=False)
@@ -89,9 +93,9 @@ class LocalExecutor:
                     job.recorder.failed(work.source, outcome, {"decode_s": round(seconds, 4)})
                 else:
                     pending.append(ChainInput(_Decoded(work, seconds), work.relpath, outcome))
-                    if len(pending) >= batch_size:
+                    if len(pending) >= fill:
                         writers.submit(job.chain.run(pending))
-                        pending = []
+                        pending, fill = [], batch_size
                 writers.drain(block=False)
             if pending:
                 writers.submit(job.chain.run(pending))
