@@ -55,7 +55,7 @@ def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,
     chain = StageChain(stages, device=pipeline.run.device, seed=pipeline.run.seed)
     try:
         fresh = not _has_state(out)
-        if fresh and _has_inputs(pipeline):
+        if fresh and _has_inputs(pipeline) and not _decoders_run_stages(pipeline, stages):
             chain.setup()  # missing weights or device: exit 2 before the output folder exists
         lock = OutputLock(out, wait=options.wait, timeout_s=options.wait_timeout_s)
         try:
@@ -69,6 +69,14 @@ def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,
             lock.release()
     finally:
         chain.teardown()
+
+
+def _decoders_run_stages(pipeline: Pipeline, stages: list[Stage]) -> bool:
+    """The local executor will run every stage in the decode workers (imgflow.io.decoder_ops):
+    nothing to set up, nothing that could fail to, and no torch to import for it."""
+    from imgflow.io.decoder_ops import pipeline_ops
+
+    return pipeline.run.executor == "local" and bool(pipeline_ops(stages, pipeline.run.device))
 
 
 def _has_state(out: Path) -> bool:

@@ -19,6 +19,7 @@ at any instant leaves no partial file under a final name and, rerun, redoes only
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -33,7 +34,7 @@ from imgflow.executors.base import Job
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Item
-    from imgflow.engine.chain import ChainResult
+    from imgflow.engine.chain import ChainInput, ChainResult
     from imgflow.engine.plan import WorkItem
     from imgflow.memory import MemoryBudget
 
@@ -57,6 +58,7 @@ class LocalExecutor:
     def execute(self, job: Job) -> None:
         from imgflow.engine.chain import ChainInput
         from imgflow.engine.progress import Progress
+        from imgflow.io.decoder_ops import pipeline_ops
         from imgflow.io.prefetch import END, WAITING, Prefetcher
         from imgflow.memory import MemoryBudget, budget_mb
 
@@ -68,13 +70,16 @@ class LocalExecutor:
         run = job.pipeline.run
         batch_size = job.chain.batch_size(run.batch_size)
         budget = MemoryBudget.from_mb(budget_mb(run.max_memory_mb))
-        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch, budget),
+        # every stage done by the decode workers on 8-bit pixels: no stage set-up, no torch here
+        ops = pipeline_ops(job.chain.stages, run.device)
+        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch, budget, ops),
                               max_bytes=int(run.prefetch_mb * 1024 * 1024))
         # Decoding starts first, so worker start-up and the first decodes overlap with importing
         # torch and loading weights. Nothing is recorded until the stages are ready, so a setup
         # failure (missing weights, no CUDA) still fails the run before any item is processed.
         with prefetch, _Writers(job, run.workers) as writers:
-            job.chain.setup()
+            if not ops:
+                job.chain.setup()
             job.recorder.progress = Progress(job.pipeline.name, job.options.progress)
             pending: list[ChainInput] = []
             # The first batch is the first decoded item alone: its output is written one forward
@@ -91,7 +96,10 @@ class LocalExecutor:
                 work, outcome, seconds = got
                 if isinstance(outcome, ItemError):
                     job.recorder.failed(work.source, outcome, {"decode_s": round(seconds, 4)})
+                elif ops and outcome.pixels.dtype.itemsize == 1:  # the decoder ran the stages
+                    writers.submit([decoded_result(ChainInput(_Decoded(work, seconds), work.relpath, outcome))])
                 else:
+                    job.chain.setup()  # once: the first item the decoders could not finish (16-bit)
                     pending.append(ChainInput(_Decoded(work, seconds), work.relpath, outcome))
                     if len(pending) >= fill:
                         writers.submit(job.chain.run(pending))
@@ -103,7 +111,7 @@ class LocalExecutor:
 
     @staticmethod
     def _decode_stream(job: Job, first: WorkItem, rest: Iterator[WorkItem], prefetch: Any,
-                       budget: MemoryBudget) -> Iterator[Any]:
+                       budget: MemoryBudget, ops: tuple[Any, ...] = ()) -> Iterator[Any]:
         """Runs on the feeder thread: the plan's items through a decode pool, in completion order."""
         from imgflow.engine.footprint import item_peak_bytes
         from imgflow.engine.plan import decode_limits
@@ -127,7 +135,8 @@ class LocalExecutor:
                 yield work, ItemError(*work.source.refusal), 0.0
 
         run = job.pipeline.run
-        with DecodePool(workers=run.workers, limits=decode_limits(job.pipeline, job.chain.decode_hint()),
+        limits = dataclasses.replace(decode_limits(job.pipeline, job.chain.decode_hint()), ops=ops)
+        with DecodePool(workers=run.workers, limits=limits,
                         timeout_s=run.decode_timeout_s, budget=budget,
                         footprint=lambda shape: item_peak_bytes(stages, shape)) as pool:
             for outcome in pool.imap_unordered(works()):
@@ -206,6 +215,15 @@ class _Writers:
                                    content_hash=result.input.decoded.content_hash)
         self.job.writer.claims.release(work.relpath)
         _release(result)
+
+
+def decoded_result(inp: ChainInput) -> ChainResult:
+    """An input the decode workers already took through every stage (imgflow.io.decoder_ops)."""
+    from imgflow.engine.chain import ChainResult
+    from imgflow.io.decoder_ops import DecodedItem
+
+    item = DecodedItem(inp.relpath, inp.decoded.pixels, inp.decoded.meta)
+    return ChainResult(inp, [item], None, 0.0)  # type: ignore[list-item]
 
 
 def _release(result: ChainResult) -> None:

@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import (  # noqa: F401  (the plugin imports register exactly the formats we allow)
@@ -90,7 +90,9 @@ from imgflow.io.decode_errors import (
 from imgflow.io.decode_errors import sniff_format as sniff_format
 from imgflow.io.modes import GRAY16_MODES, bytes_per_pixel, orient, to_array
 from imgflow.memory import DecodeCost, ImageShape
-from imgflow.stage import DecodeHint
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only: the decode workers never import pydantic
+    from imgflow.stage import DecodeHint
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -145,6 +147,9 @@ class DecodeLimits:
     formats: tuple[str, ...] = ALLOWED_FORMATS
     memory_mb: int | None = 4096
     hint: DecodeHint | None = None  # the first stage's smallest useful size (JPEG DCT scaling)
+    #: The stages' own work on 8-bit pixels, done here after decoding (imgflow.io.decoder_ops);
+    #: ``meta`` still describes the decoded image.
+    ops: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         """Reject limits that would silently disable a defence."""
@@ -404,6 +409,10 @@ def _decode(
         orientation=orientation,
         notes=notes,
     )
+    if limits.ops:
+        from imgflow.io.decoder_ops import apply_ops
+
+        pixels = np.ascontiguousarray(apply_ops(pixels, limits.ops))
     return pixels, meta
 
 
