@@ -603,6 +603,59 @@ def bare_forward(model: str, weights: Path, count: int, device: str) -> dict[str
     return {"images": batches * BATCH_SIZE, "seconds": seconds, "img_s": batches * BATCH_SIZE / seconds}
 
 
+def zhang_precision(model: str, weights: Path, images: list[Path], device: str = "cpu",
+                    side: int = MODEL_SIDE) -> dict[str, Any]:
+    """How far bfloat16 (and, on CUDA, float16) autocast move ECCV16/SIGGRAPH17's ab from float32.
+
+    Largest and 99th-percentile |delta ab| (Lab units) on the stage's calibration input and on
+    ``images`` (Pillow bicubic to ``side``, the stage's input), with the stage's own network as
+    it sets it up (channels_last); the stage keeps a reduced precision when the calibration's
+    largest error is at most 1 unit. Also times a batch-8 forward per precision (not float16 on
+    a CPU, where it is emulated).
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from imgflow_colorize import lab, networks
+    from imgflow_colorize.stage import AB_NORM, AUTOCAST_AB_TOLERANCE, _calibration_input
+
+    dev = torch.device(device)
+    net = networks.build(model)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net = net.to(dev).eval().to(memory_format=torch.channels_last)
+
+    def model_input(path: Path) -> Any:
+        small = np.asarray(Image.open(path).convert("RGB").resize((side, side), Image.Resampling.BICUBIC))
+        rgb = torch.from_numpy(small).permute(2, 0, 1).float()[None] / 255.0
+        x = (lab.lightness(rgb) - 50.0) / 100.0
+        return torch.cat([x, torch.zeros(1, 3, side, side)], 1) if model == "siggraph17" else x
+
+    inputs = {"calibration": _calibration_input(model, side, dev), **{p.name: model_input(p).to(dev) for p in images}}
+
+    def run(x: Any, dtype: Any) -> Any:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return net(x.contiguous(memory_format=torch.channels_last)).float() * AB_NORM
+
+    exact = {name: run(x, None) for name, x in inputs.items()}
+    report: dict[str, Any] = {"model": model, "device": device, "side": side, "tolerance_ab": AUTOCAST_AB_TOLERANCE,
+                              "ab_spread": {n: float(e.std()) for n, e in exact.items()}}
+    batch = torch.cat([inputs["calibration"]] * BATCH_SIZE)
+    for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        if dtype is torch.float16 and dev.type == "cpu":
+            continue
+        deltas = {name: (run(x, dtype) - exact[name]).abs().flatten() for name, x in inputs.items()}
+        report[label] = {"max_abs_ab": {n: round(float(d.max()), 3) for n, d in deltas.items()},
+                         "p99_abs_ab": {n: round(float(d.quantile(0.99)), 3) for n, d in deltas.items()}}
+        run(batch, dtype)  # warm-up
+        started = time.perf_counter()
+        run(batch, dtype)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        report[label]["ms_per_image_batch8"] = round((time.perf_counter() - started) / BATCH_SIZE * 1000, 1)
+    return report
+
+
 def internal_main(argv: list[str]) -> int:
     """``make-weights`` and ``reference``: the parts that run in child processes."""
     parser = argparse.ArgumentParser(prog="colorize.py", description="internal steps of the benchmark")
@@ -619,6 +672,11 @@ def internal_main(argv: list[str]) -> int:
                      help="the network as the public release computes it (SIGGRAPH17: the decoder tail "
                           "twice per forward; DDColor: spectral norms, batch norms, 100 colour maps)")
     ref.add_argument("--device", default="cpu", help="cpu or cuda")
+    zp = sub.add_parser("zhang-precision", help="ECCV16/SIGGRAPH17's ab error under bfloat16/float16 autocast")
+    zp.add_argument("model", choices=("eccv16", "siggraph17"))
+    zp.add_argument("weights", type=Path)
+    zp.add_argument("images", type=Path, nargs="+")
+    zp.add_argument("--device", default="cpu")
     bare = sub.add_parser("bare-forward", help="the network alone, batch-8 forwards")
     bare.add_argument("model", choices=("eccv16", "siggraph17"))
     bare.add_argument("weights", type=Path)
@@ -630,6 +688,9 @@ def internal_main(argv: list[str]) -> int:
     prec.add_argument("--device", default="cpu", help="cpu or cuda")
     prec.add_argument("--side", type=int, default=_ddcolor.SIDE, help="model input side (default 512)")
     args = parser.parse_args(argv)
+    if args.command == "zhang-precision":
+        print(json.dumps(zhang_precision(args.model, args.weights, args.images, args.device), indent=2))
+        return 0
     if args.command == "bare-forward":
         print(json.dumps(bare_forward(args.model, args.weights, args.count, args.device)))
         return 0
@@ -684,7 +745,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("make-weights", "reference", "ddcolor-precision", "bare-forward"):
+    if argv and argv[0] in ("make-weights", "reference", "ddcolor-precision", "bare-forward", "zhang-precision"):
         return internal_main(argv)
     args = parse_args(argv)
     if missing_console_script("colorize.py"):
