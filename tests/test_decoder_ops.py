@@ -69,6 +69,19 @@ def test_center_crop_op_is_the_stage_exactly(size: list[int]) -> None:
     assert np.array_equal(op.apply(pixels), stage_path(CenterCrop, pixels, size=size))
 
 
+@pytest.mark.parametrize("op", [CenterCropOp((100, 100)), CenterCropOp((600, 900)), CenterCropOp((1, 700)),
+                                CenterCropOp((401, 3)), ResizeOp(128, "longer"), ResizeOp((90, 700), "shorter")])
+def test_ops_on_pillow_images_equal_ops_on_arrays(op: object) -> None:
+    """The decoder runs ops on the Pillow image itself for plain RGB and L files (no export of
+    the full image): the same pixels as on the array."""
+    for pixels in (skimage.data.coffee(), skimage.data.camera()):
+        image = Image.fromarray(pixels)
+        rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+        on_image = np.asarray(op.apply_image(image))
+        on_image = on_image if on_image.ndim == 3 else np.repeat(on_image[..., None], 3, axis=2)
+        assert np.array_equal(on_image, op.apply(rgb))
+
+
 def test_only_pipelines_the_decoders_can_finish_get_ops() -> None:
     def resize(**params: object) -> Resize:
         return Resize(Resize.Params(**{"size": 64, **params}), StageContext("resize"))

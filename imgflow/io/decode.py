@@ -395,13 +395,17 @@ def _decode(
             admit(decode_cost(im))
         im.load()
         orientation = _read_orientation(im, notes)
-        pixels, bit_depth = to_array(im, notes)
+        width, height = im.size if orientation < 5 else im.size[::-1]
+        shrunk, ops = _ops_in_pillow(im, orientation, limits.ops)
+        pixels, bit_depth = to_array(shrunk, notes)
+        if shrunk is not im:
+            shrunk.close()
     finally:
         im.close()
     pixels = np.ascontiguousarray(orient(pixels, orientation))
     meta = ImageMeta(
-        width=int(pixels.shape[1]),
-        height=int(pixels.shape[0]),
+        width=int(width),  # the decoded image's, before any stage
+        height=int(height),
         mode=mode,
         format=fmt,
         bit_depth=bit_depth,
@@ -409,11 +413,29 @@ def _decode(
         orientation=orientation,
         notes=notes,
     )
-    if limits.ops:
+    if ops:
         from imgflow.io.decoder_ops import apply_ops
 
-        pixels = np.ascontiguousarray(apply_ops(pixels, limits.ops))
+        pixels = np.ascontiguousarray(apply_ops(pixels, ops))
     return pixels, meta
+
+
+def _ops_in_pillow(im: Image.Image, orientation: int, ops: tuple[Any, ...]) -> tuple[Image.Image, tuple[Any, ...]]:
+    """Run the stages' ops (imgflow.io.decoder_ops) on the Pillow image itself when they can, and
+    return it with the ops left for the numpy pixels.
+
+    Only for plain upright 8-bit RGB or L without a profile or colour key, where Pillow's image
+    is exactly what ``to_array`` would hand over: then a full-resolution image is never exported
+    to numpy (about 9 ms for 1600x1200 RGB, more than its decode at a reduced scale), only the
+    result.
+    """
+    plain = (im.mode in ("RGB", "L") and orientation == 1 and "icc_profile" not in im.info
+             and "transparency" not in im.info)
+    if not ops or not plain or not all(hasattr(op, "apply_image") for op in ops):
+        return im, ops
+    for op in ops:
+        im = op.apply_image(im)
+    return im, ()
 
 
 def decode_cost(im: Image.Image) -> DecodeCost:

@@ -12,6 +12,7 @@ stage does. Imports numpy and Pillow only: these objects are unpickled in the de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,16 @@ class ResizeOp:
             return out[0]
         return np.concatenate([out[0], out[1][..., None]], axis=2)
 
+    def apply_image(self, image: Any) -> Any:
+        """The same on a Pillow RGB or L image (no alpha): Pillow's own BILINEAR, no export."""
+        from PIL import Image
+
+        width, height = image.size
+        new_h, new_w = resize_output_size(height, width, self.size, self.edge)
+        if (new_h, new_w) == (height, width):
+            return image
+        return image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+
 
 @dataclass(frozen=True)
 class CenterCropOp:
@@ -55,3 +66,13 @@ class CenterCropOp:
             in_h, in_w = pixels.shape[:2]
         top, left = int(round((in_h - out_h) / 2.0)), int(round((in_w - out_w) / 2.0))
         return pixels[top:top + out_h, left:left + out_w]
+
+    def apply_image(self, image: Any) -> Any:
+        """The same window on a Pillow image: ``crop`` fills what lies outside it with zeros."""
+        out_h, out_w = self.size
+        in_w, in_h = image.size
+        dh, dw = max(out_h - in_h, 0), max(out_w - in_w, 0)
+        pad_top, pad_left = dh // 2, dw // 2
+        top = int(round((in_h + dh - out_h) / 2.0)) - pad_top
+        left = int(round((in_w + dw - out_w) / 2.0)) - pad_left
+        return image.crop((left, top, left + out_w, top + out_h))
