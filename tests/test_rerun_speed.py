@@ -120,3 +120,21 @@ def test_export_if_changed_writes_once(tmp_path: Path) -> None:
         (tmp_path / "manifest.jsonl").write_text("edited by hand\n")
         assert export_manifest_if_changed(store, tmp_path / "manifest.jsonl") is True
         assert json.loads((tmp_path / "manifest.jsonl").read_text())["input"] == "a.jpg"
+
+
+def test_a_link_at_the_stamp_is_refused(tmp_path: Path, image_folder: Path) -> None:
+    """The stamp lives in .imgflow, where a symlink would lead a write out of the output folder:
+    refused like one at the state database (exit 2, naming the link), nothing written through it."""
+    from imgflow.errors import ConfigError
+
+    out = tmp_path / "out"
+    pipeline = write_pipeline(tmp_path / "p.toml", input=image_folder, output=out,
+                              stages=[{"use": "resize", "size": 8}], run={"device": "cpu"})
+    run_pipeline(pipeline)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    stamp_path(out).unlink()
+    stamp_path(out).symlink_to(victim)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        run_pipeline(pipeline)
+    assert victim.read_text() == "keep"

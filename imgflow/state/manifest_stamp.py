@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,8 +62,17 @@ def export_manifest_if_changed(store: StateStore, path: Path) -> bool:
     store.export_manifest(path)
     facts = _file_facts(path)
     if facts is not None:
+        # beside it, then renamed over it: a link planted at the stamp's name is replaced, never
+        # followed out of the output folder (statedir refuses one at the start of every run too)
+        temp = stamp.with_name(f".{STAMP_FILE}.{secrets.token_hex(6)}.tmp")
         try:
-            stamp.write_text(json.dumps({"manifest": facts}), encoding="utf-8")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            with open(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps({"manifest": facts}))
+            os.replace(temp, stamp)
         except OSError:  # no stamp: the next run exports again, which is only slower
-            pass
+            try:
+                temp.unlink()
+            except OSError:
+                pass
     return True
