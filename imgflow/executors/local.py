@@ -96,7 +96,7 @@ class LocalExecutor:
                 work, outcome, seconds = got
                 if isinstance(outcome, ItemError):
                     job.recorder.failed(work.source, outcome, {"decode_s": round(seconds, 4)})
-                elif ops and outcome.pixels.dtype.itemsize == 1:  # the decoder ran the stages
+                elif outcome.stages_done:  # the decode worker ran every stage (decoder ops)
                     writers.submit([decoded_result(ChainInput(_Decoded(work, seconds), work.relpath, outcome))])
                 else:
                     job.chain.setup()  # once: the first item the decoders could not finish (16-bit)

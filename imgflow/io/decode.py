@@ -182,6 +182,8 @@ class Decoded:
     #: The memory this image holds in the run's budget (imgflow.memory.Reservation), set by the
     #: decode pool in the parent; release it when the item is done with.
     reservation: Any = field(default=None, repr=False, compare=False)
+    #: The stages' decoder ops (``DecodeLimits.ops``) were applied: the pixels are final.
+    stages_done: bool = False
 
     @property
     def has_alpha(self) -> bool:
@@ -271,7 +273,13 @@ def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>", adm
         except Exception as exc:  # anything else a hostile file provokes is still one bad file
             raise decode_error(source, exc) from None
         meta.notes.extend(warning_notes(caught, notes))
-    return Decoded(pixels=pixels, meta=meta, content_hash=content_hash)
+    return Decoded(pixels=pixels, meta=meta, content_hash=content_hash, stages_done=ops_applied(pixels, limits))
+
+
+def ops_applied(pixels: np.ndarray, limits: DecodeLimits) -> bool:
+    """Whether a decode under ``limits`` ran the stages' ops: always for 8-bit pixels, never for
+    16-bit ones (imgflow.io.decoder_ops). The pool's parent side answers the same from the shape."""
+    return bool(limits.ops) and pixels.dtype.itemsize == 1
 
 
 # --------------------------------------------------------------------------- reading

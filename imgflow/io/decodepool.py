@@ -49,7 +49,7 @@ from typing import Any, Generic, TypeVar
 
 from imgflow.errors import ConfigError, ImgflowError, ItemError
 from imgflow.io import pixel_ipc
-from imgflow.io.decode import DecodeLimits, Decoded
+from imgflow.io.decode import DecodeLimits, Decoded, ops_applied
 from imgflow.io.decode_worker import ENV_TEST_CRASH_ON, worker_main
 from imgflow.memory import DecodeCost, ImageShape, MemoryBudget, Reservation
 
@@ -432,7 +432,8 @@ class DecodePool:
             self._release(task)
             error = ItemError("decode_error", f"{task.path}: decoded pixels were lost: {exc}")
             return task.key, error, float(seconds)
-        decoded = Decoded(pixels=pixels, meta=meta, content_hash=content_hash, reservation=self._settle(task, pixels))
+        decoded = Decoded(pixels=pixels, meta=meta, content_hash=content_hash, reservation=self._settle(task, pixels),
+                          stages_done=ops_applied(pixels, self.limits))
         return task.key, decoded, float(seconds)
 
     # ----------------------------------------------------------------- failures
