@@ -9,8 +9,12 @@
 Both sides colorize the same generated 1024x768 grayscale JPEGs with the same weights file and
 save JPEG q90 at full resolution:
 
-  imgflow    ``imgflow run`` on a pipeline written to the work folder: 2 decode workers,
-             batch 8, ``device = "cpu"``, stage ``colorize`` with ``weights = <file>``.
+  imgflow    ``imgflow run --force`` on a pipeline written to the work folder: 2 decode workers,
+             batch 8, ``device = "cpu"``, stage ``colorize`` with ``weights = <file>``, into an
+             output folder that has run before (an untimed one-image run made it and cached the
+             precision verdict, as cron finds things; the outputs are deleted before each run).
+  bare       the network alone (``bare-forward``): batch-8 forwards of random inputs at 256²,
+             float32 channels_last, the stage's arithmetic; what the steady state is held to.
   reference  SPEC §1's procedure, one image at a time, as the public release's demo does it:
              PIL open + convert("RGB"); skimage ``rgb2lab`` of the original; PIL resize to 256x256
              BICUBIC; ``rgb2lab`` of that; (L - 50) / 100; ONE forward pass (batch 1, no_grad) of
@@ -40,10 +44,12 @@ Internal sub-commands (run as subprocesses by the benchmark; they import torch, 
 
     python benchmarks/colorize.py make-weights MODEL PATH
     python benchmarks/colorize.py reference MODEL WEIGHTS INPUT OUTPUT [--as-released] [--device DEV]
+    python benchmarks/colorize.py bare-forward MODEL WEIGHTS [--count N] [--device DEV]
 
-and one to run by hand, DDColor-tiny's error and speed under float16/bfloat16 autocast (JSON):
+and two to run by hand, the error and speed under float16/bfloat16 autocast (JSON):
 
     python benchmarks/colorize.py ddcolor-precision WEIGHTS IMAGE... [--device cuda] [--side 512]
+    python benchmarks/colorize.py zhang-precision MODEL WEIGHTS IMAGE... [--device cuda]
 """
 
 from __future__ import annotations
