@@ -86,7 +86,7 @@ from _common import (  # noqa: E402
     run_measured,
     warm_page_cache,
 )
-from engine import bench_env, manifest_stats, read_summary, run_imgflow  # noqa: E402
+from engine import bench_env, manifest_stats, read_summary  # noqa: E402
 
 import _ddcolor  # noqa: E402
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         per_item[count] = wall / count
         rows.append(Row(f"rerun of {count:,} done items, wall", wall, floor, unit="s", digits=2,
                         note="median, whole process; baseline: walk the tree and stat every file"))
-        rows.append(Row(f"  per 10,000 items", wall / count * 10_000, floor / count * 10_000, unit="s",
+        rows.append(Row("  per 10,000 items", wall / count * 10_000, floor / count * 10_000, unit="s",
                         digits=3, target="<= 0.3 s", meets=lambda r: r.imgflow <= 0.3))
     if len(per_item) > 1:
         small, large = min(per_item), max(per_item)
