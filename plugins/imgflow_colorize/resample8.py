@@ -78,7 +78,6 @@ def resize_u8(pixels: torch.Tensor, side: int, grey: bool = False) -> torch.Tens
 def _resize_pillow(planes: torch.Tensor, side: int) -> torch.Tensor:
     from PIL import Image
 
-    height, width = planes.shape[-2:]
     if planes.shape[0] == 1:
         image = Image.fromarray(np.ascontiguousarray(planes[0].numpy()), mode="L")
         return torch.from_numpy(np.asarray(image.resize((side, side), Image.Resampling.BICUBIC)).copy())[None]
