@@ -14,8 +14,11 @@ Outputs are saved in place with no temp file or fsync; imgflow's atomic write pa
 ``walk-stat`` is the floor of an incremental rerun: walk the folder and ``stat`` every JPEG,
 which any "is this file new?" check must do at least.
 
+``vips-thumbnail`` and ``mogrify`` are the other tools such a job is done with (libvips, run
+with the benchmark-only environment that has pyvips; ImageMagick from Debian).
+
 Each prints one JSON line: how many images, and the seconds spent in the loop (after imports).
-Only the standard library and Pillow are imported.
+Only the standard library and Pillow are imported (and pyvips by ``vips-thumbnail``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,52 @@ def pil_resize(src: Path, dst: Path, size: int, quality: int) -> dict[str, float
     return {"images": count, "loop_s": time.perf_counter() - started}
 
 
+def vips_thumbnail(src: Path, dst: Path, size: int, quality: int, processes: int) -> dict[str, float]:
+    """libvips' ``thumbnail`` (shrink-on-load, then a Lanczos reduce) and a JPEG save, in
+    ``processes`` processes over interleaved halves of the file list. Needs pyvips (benchmark-only:
+    ``benchmarks/_work/vips-env``, see benchmarks/README.md)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    paths = _jpegs(src)
+    jobs = [(paths[i::processes], src, dst, size, quality) for i in range(processes)]
+    started = time.perf_counter()
+    if processes == 1:
+        count = _vips_part(*jobs[0])
+    else:
+        with ProcessPoolExecutor(processes) as pool:
+            count = sum(pool.map(_vips_part, *zip(*jobs, strict=True)))
+    return {"images": count, "loop_s": time.perf_counter() - started}
+
+
+def _vips_part(paths: list[Path], src: Path, dst: Path, size: int, quality: int) -> int:
+    import pyvips
+
+    for path in paths:
+        out = dst / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pyvips.Image.thumbnail(str(path), size, height=size, size="down").jpegsave(str(out), Q=quality)
+    return len(paths)
+
+
+def mogrify(src: Path, dst: Path, size: int, quality: int, hint: bool) -> dict[str, float]:
+    """ImageMagick's ``mogrify -resize SIZExSIZE`` into the mirrored folders, one process per folder
+    (ImageMagick threads inside). ``hint``: ``-define jpeg:size=SIZExSIZE``, which lets libjpeg
+    decode at a reduced DCT scale that is still at least that size."""
+    import subprocess
+
+    folders: dict[Path, list[Path]] = {}
+    for path in _jpegs(src):
+        folders.setdefault(path.parent, []).append(path)
+    started = time.perf_counter()
+    for folder, files in folders.items():
+        out = dst / folder.relative_to(src)
+        out.mkdir(parents=True, exist_ok=True)
+        define = ["-define", f"jpeg:size={size}x{size}"] if hint else []
+        subprocess.run(["/usr/bin/mogrify", "-path", str(out), *define, "-resize", f"{size}x{size}",
+                        "-quality", str(quality), *map(str, files)], check=True)
+    return {"images": sum(len(f) for f in folders.values()), "loop_s": time.perf_counter() - started}
+
+
 def walk_stat(src: Path) -> dict[str, float]:
     """Walk and stat every input: the least work any incremental check can do."""
     started = time.perf_counter()
@@ -81,9 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     resize.add_argument("--quality", type=int, default=90)
     walk = sub.add_parser("walk-stat", help="walk and stat every input")
     walk.add_argument("input", type=Path)
+    vips = sub.add_parser("vips-thumbnail", help="libvips thumbnail + jpegsave (needs pyvips)")
+    magick = sub.add_parser("mogrify", help="ImageMagick mogrify -resize")
+    for command in (vips, magick):
+        command.add_argument("input", type=Path)
+        command.add_argument("output", type=Path)
+        command.add_argument("--size", type=int, default=800)
+        command.add_argument("--quality", type=int, default=90)
+    vips.add_argument("--processes", type=int, default=1)
+    magick.add_argument("--hint", action="store_true", help="-define jpeg:size (decode at reduced scale)")
     args = parser.parse_args(argv)
     if args.command == "pil-resize":
         result = pil_resize(args.input, args.output, args.size, args.quality)
+    elif args.command == "vips-thumbnail":
+        result = vips_thumbnail(args.input, args.output, args.size, args.quality, args.processes)
+    elif args.command == "mogrify":
+        result = mogrify(args.input, args.output, args.size, args.quality, args.hint)
     else:
         result = walk_stat(args.input)
     print(json.dumps(result))

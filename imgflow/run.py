@@ -55,7 +55,7 @@ def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,
     chain = StageChain(stages, device=pipeline.run.device, seed=pipeline.run.seed)
     try:
         fresh = not _has_state(out)
-        if fresh and _has_inputs(pipeline):
+        if fresh and _has_inputs(pipeline) and not _decoders_run_stages(pipeline, stages):
             chain.setup()  # missing weights or device: exit 2 before the output folder exists
         lock = OutputLock(out, wait=options.wait, timeout_s=options.wait_timeout_s)
         try:
@@ -69,6 +69,15 @@ def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,
             lock.release()
     finally:
         chain.teardown()
+
+
+def _decoders_run_stages(pipeline: Pipeline, stages: list[Stage]) -> bool:
+    """The local executor will run every stage in the decode workers (imgflow.io.decoder_ops):
+    nothing to set up, nothing that could fail to, and no torch to import for it."""
+    from imgflow.io.decoder_ops import pipeline_ops
+
+    return (pipeline.run.executor == "local" and pipeline.run.decode == "cpu"
+            and bool(pipeline_ops(stages, pipeline.run.device)))
 
 
 def _has_state(out: Path) -> bool:
@@ -107,6 +116,7 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
     from imgflow.io.outroot import startup_error
     from imgflow.plugins import call_lifecycle
     from imgflow.state import StateStore
+    from imgflow.state.manifest_stamp import export_manifest_if_changed
 
     started = time.monotonic()
     out = pipeline.output_path
@@ -159,7 +169,7 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
             store.finish_run(run_id, status=status, counts=dict(recorder.counts), exit_code=exit_code,
                              message=message)
             if pipeline.output.manifest:
-                store.export_manifest(out / "manifest.jsonl")
+                export_manifest_if_changed(store, out / "manifest.jsonl")
                 store.export_summary(run_id, out / "run-summary.json")
             if pipeline.output.report and status != "interrupted":
                 _write_report(pipeline, echo)

@@ -233,6 +233,18 @@ class Stage:
         """
         return None
 
+    def decoder_op(self) -> Any:
+        """This stage's work done by the decode worker instead, on 8-bit pixels (None: not possible).
+
+        For a deterministic geometric op that Pillow does on 8-bit pixels within one level of
+        ``process()`` (a resize, a crop): a picklable object whose ``apply(pixels)`` takes and
+        returns ``(H, W, C)`` uint8 numpy arrays (alpha as the 4th channel, straight), importing
+        only numpy and Pillow. When every stage of a pipeline has one, the local executor runs
+        them in the decode workers and the main process never imports torch for 8-bit inputs
+        (:mod:`imgflow.io.decoder_ops`).
+        """
+        return None
+
     def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(height, width, count) of the images this stage returns for one input of that size.
 

@@ -14,6 +14,8 @@ import os
 # As the CLI does: idle OpenMP threads otherwise spin on the cores other processes need (the
 # suite runs subprocesses and decode workers beside in-process torch). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Precision verdicts are calibrated afresh in tests, never read from or written to the user's cache.
+os.environ.setdefault("IMGFLOW_PRECISION_CACHE", "off")
 from typing import Any
 
 import pytest

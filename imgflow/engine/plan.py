@@ -12,7 +12,7 @@ This module imports no torch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.io.source import SourceFile
     from imgflow.stage import DecodeHint
     from imgflow.state import PriorItem, StateStore
+
+
+#: Files looked up in the state store per query on the plan's walk (see Selector.select).
+LOOKUP_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,34 @@ class Selector:
         self._limits_of_run: dict[str, dict[str, Any] | None] = {}
 
     def wants(self, sf: SourceFile) -> WorkItem | None:
-        prior = self.store.lookup(sf.relpath)
+        """This run's work for ``sf``, or None (counted as skipped)."""
+        return self.decide(sf, self.store.lookup(sf.relpath))
+
+    def select(self, files: Iterable[SourceFile]) -> Iterator[tuple[SourceFile, WorkItem | None]]:
+        """:meth:`wants` for a stream of files, looked up a chunk at a time (one query per
+        :data:`LOOKUP_CHUNK` files instead of one per file: see :mod:`imgflow.state.bulk`).
+
+        Lazy and in order; a chunk is looked up once it is full or the stream ends.
+        """
+        lookup_many = getattr(self.store, "lookup_many", None)
+        chunk: list[SourceFile] = []
+        for sf in files:
+            chunk.append(sf)
+            if len(chunk) >= LOOKUP_CHUNK:
+                yield from self._decide_chunk(chunk, lookup_many)
+                chunk = []
+        if chunk:
+            yield from self._decide_chunk(chunk, lookup_many)
+
+    def _decide_chunk(self, chunk: list[SourceFile], lookup_many: Callable[..., Any] | None,
+                      ) -> Iterator[tuple[SourceFile, WorkItem | None]]:
+        priors = lookup_many([sf.relpath for sf in chunk]) if lookup_many is not None \
+            else [self.store.lookup(sf.relpath) for sf in chunk]
+        for sf, prior in zip(chunk, priors, strict=True):
+            yield sf, self.decide(sf, prior)
+
+    def decide(self, sf: SourceFile, prior: PriorItem | None) -> WorkItem | None:
+        """Whether ``sf`` runs, given what the store recorded for it (``prior``)."""
         if self.options.retry_failed:
             return WorkItem(sf, prior) if prior is not None and prior.status == "failed" else self._skip()
         if self.options.force or prior is None:
@@ -128,11 +159,14 @@ class Plan:
 
     def items(self) -> Iterator[WorkItem]:
         """Every input this run must process, in the walk's stable order."""
-        for sf in walk_pipeline_inputs(self.pipeline, self.warn):
-            self.matched += 1
-            work = self.selector.wants(sf)
+        for _sf, work in self.selector.select(self._counted(walk_pipeline_inputs(self.pipeline, self.warn))):
             if work is not None:
                 yield work
+
+    def _counted(self, files: Iterator[SourceFile]) -> Iterator[SourceFile]:
+        for sf in files:
+            self.matched += 1
+            yield sf
 
 
 def walk_pipeline_inputs(pipeline: Pipeline, warn: Callable[[str], None] | None = None) -> Iterator[SourceFile]:

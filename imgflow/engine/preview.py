@@ -201,10 +201,10 @@ class WorkCounter:
         selector = Selector(self.lookup, self.fingerprint, self.options)  # type: ignore[arg-type]
         count = 0
         try:
-            for sf in walk_pipeline_inputs(self.pipeline):
+            for _sf, work in selector.select(walk_pipeline_inputs(self.pipeline)):
                 if self.stopping.is_set():
                     return
-                count += selector.wants(sf) is not None
+                count += work is not None
         except Exception:  # noqa: BLE001 - a bar without a total is the worst that can happen
             return
         self.total = count

@@ -21,6 +21,7 @@ at any instant leaves no partial file under a final name and, rerun, redoes only
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -35,7 +36,7 @@ from imgflow.executors.base import Job
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Item
-    from imgflow.engine.chain import ChainResult
+    from imgflow.engine.chain import ChainInput, ChainResult
     from imgflow.engine.plan import WorkItem
     from imgflow.executors.decode_route import DecodeRoute
     from imgflow.memory import MemoryBudget
@@ -61,8 +62,8 @@ class LocalExecutor:
         from imgflow.engine.chain import ChainInput
         from imgflow.engine.plan import decode_limits
         from imgflow.engine.progress import Progress
-        from imgflow.executors.chains import ChainRunner
         from imgflow.executors.decode_route import DecodeRoute
+        from imgflow.io.decoder_ops import pipeline_ops
         from imgflow.io.prefetch import END, WAITING, Prefetcher
         from imgflow.memory import run_budget
 
@@ -75,17 +76,26 @@ class LocalExecutor:
         batch_size = job.chain.batch_size(run.batch_size)
         budget = run_budget(run.max_memory_mb)
         route = DecodeRoute(run.decode, decode_limits(job.pipeline, job.chain.decode_hint()), run.decode_timeout_s)
-        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch, budget, route),
+        # every stage done by the decode workers on 8-bit pixels: no stage set-up, no torch here
+        # (CPU decoding only: JPEGs left for a GPU decoder go through the stages on the GPU)
+        ops = pipeline_ops(job.chain.stages, run.device) if run.decode == "cpu" else ()
+        prefetch = Prefetcher(lambda: self._decode_stream(job, first, items, prefetch, budget, route, ops),
                               max_bytes=int(run.prefetch_mb * 1024 * 1024))
         # Decoding starts first, so worker start-up and the first decodes overlap with importing
         # torch and loading weights. Nothing is recorded until the stages are ready, so a setup
         # failure (missing weights, no CUDA) still fails the run before any item is processed.
-        with prefetch, _Writers(job, run.workers) as writers, ChainRunner.start(job, route) as runner:
+        with prefetch, _Writers(job, run.workers) as writers, _LazyRunner(job, route) as runner:
+            if not ops:
+                runner.get()  # set the stages up now: a setup failure stops the run before any record
             job.recorder.progress = Progress(job.pipeline.name, job.options.progress)
             pending: list[ChainInput] = []
+            # The first batch is the first decoded item alone: its output is written one forward
+            # after the stages are ready, not a full batch later (a cron run over a few new scans
+            # is mostly start-up). Per image, a batch of one costs the same forward on a CPU.
+            fill = 1
 
             def run_batch(batch: list[ChainInput]) -> None:
-                for results in runner.submit(batch):
+                for results in runner.get().submit(batch):
                     writers.submit(results)
 
             while (got := prefetch.get(timeout=_POLL_S)) is not END:
@@ -100,11 +110,13 @@ class LocalExecutor:
                 work, outcome, seconds = got
                 if isinstance(outcome, ItemError):
                     job.recorder.failed(work.source, outcome, {"decode_s": round(seconds, 4)})
-                else:
+                elif outcome.stages_done:  # the decode worker ran every stage (decoder ops)
+                    writers.submit([decoded_result(ChainInput(_Decoded(work, seconds), work.relpath, outcome))])
+                else:  # the stages are set up at the first item the decoders could not finish
                     pending.append(ChainInput(_Decoded(work, seconds), work.relpath, outcome))
-                    if len(pending) >= batch_size:
+                    if len(pending) >= fill:
                         run_batch(pending)
-                        pending = []
+                        pending, fill = [], batch_size
                 writers.drain(block=False)
             if pending:
                 run_batch(pending)
@@ -114,7 +126,7 @@ class LocalExecutor:
 
     @staticmethod
     def _decode_stream(job: Job, first: WorkItem, rest: Iterator[WorkItem], prefetch: Any,
-                       budget: MemoryBudget, route: DecodeRoute) -> Iterator[Any]:
+                       budget: MemoryBudget, route: DecodeRoute, ops: tuple[Any, ...] = ()) -> Iterator[Any]:
         """Runs on the feeder thread: the plan's items through a decode pool, in completion order."""
         from imgflow.engine.footprint import item_peak_bytes
         from imgflow.engine.plan import decode_limits
@@ -138,13 +150,46 @@ class LocalExecutor:
                 yield work, ItemError(*work.source.refusal), 0.0
 
         run = job.pipeline.run
-        with DecodePool(workers=run.workers, limits=decode_limits(job.pipeline, job.chain.decode_hint()),
+        limits = dataclasses.replace(decode_limits(job.pipeline, job.chain.decode_hint()), ops=ops)
+        with DecodePool(workers=run.workers, limits=limits,
                         timeout_s=run.decode_timeout_s, budget=budget,
                         footprint=lambda shape: item_peak_bytes(stages, shape), defer_jpeg=route.defer) as pool:
             for outcome in pool.imap_unordered(works()):
                 yield from refusals()
                 yield outcome
             yield from refusals()
+
+
+class _LazyRunner:
+    """The run's :class:`~imgflow.executors.chains.ChainRunner`, started (stages set up) on first
+    use: a pipeline whose every stage the decode workers run (decoder ops) never imports torch."""
+
+    def __init__(self, job: Job, route: DecodeRoute) -> None:
+        self.job = job
+        self.route = route
+        self._runner: Any = None
+
+    def __enter__(self) -> _LazyRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            self._runner.close()
+        else:
+            self.route.close()
+
+    def get(self) -> Any:
+        if self._runner is None:
+            from imgflow.executors.chains import ChainRunner
+
+            self._runner = ChainRunner.start(self.job, self.route)
+        return self._runner
+
+    def poll(self) -> list[list[ChainResult]]:
+        return self._runner.poll() if self._runner is not None else []
+
+    def finish(self) -> list[list[ChainResult]]:
+        return self._runner.finish() if self._runner is not None else []
 
 
 class _Writers:
@@ -217,6 +262,15 @@ class _Writers:
                                    content_hash=result.input.decoded.content_hash)
         self.job.writer.claims.release(work.relpath)
         _release(result)
+
+
+def decoded_result(inp: ChainInput) -> ChainResult:
+    """An input the decode workers already took through every stage (imgflow.io.decoder_ops)."""
+    from imgflow.engine.chain import ChainResult
+    from imgflow.io.decoder_ops import DecodedItem
+
+    item = DecodedItem(inp.relpath, inp.decoded.pixels, inp.decoded.meta)
+    return ChainResult(inp, [item], None, 0.0)  # type: ignore[list-item]
 
 
 def _release(result: ChainResult) -> None:

@@ -51,7 +51,7 @@ from typing import Any, Generic, TypeVar
 
 from imgflow.errors import ConfigError, ImgflowError, ItemError
 from imgflow.io import pixel_ipc
-from imgflow.io.decode import DecodeLimits, Decoded
+from imgflow.io.decode import DecodeLimits, Decoded, ops_applied
 from imgflow.io.decode_worker import ENV_TEST_CRASH_ON, worker_main
 from imgflow.io.jpeg_route import EncodedJpeg, placeholder
 from imgflow.memory import DecodeCost, ImageShape, MemoryBudget, Reservation
@@ -445,7 +445,7 @@ class DecodePool:
                               reservation=self._settle(task, pixels), encoded=EncodedJpeg(received, task.path))
             return task.key, decoded, float(seconds)
         decoded = Decoded(pixels=received, meta=meta, content_hash=content_hash,
-                          reservation=self._settle(task, received))
+                          reservation=self._settle(task, received), stages_done=ops_applied(received, self.limits))
         return task.key, decoded, float(seconds)
 
     # ----------------------------------------------------------------- failures

@@ -64,7 +64,8 @@ def encode_image(
 
 
 def encode_uint8(pixels: Any, fmt: str = "png", quality: int = 92, bit_depth: int = 8) -> bytes | None:
-    """Encode 8-bit (C, H, W) pixels (a torch.uint8 tensor, alpha as channel 4) without floats.
+    """Encode 8-bit (C, H, W) pixels (a torch.uint8 tensor or a numpy view, alpha as channel 4)
+    without floats.
 
     The same bytes :func:`encode_image` writes for the image k/255 (quantising k/255 gives k back
     exactly, and k x 257 at 16 bits), without its float32 copy. Returns None for what needs
@@ -80,7 +81,10 @@ def encode_uint8(pixels: Any, fmt: str = "png", quality: int = 92, bit_depth: in
         return None
     if fmt in ("jpeg", "webp"):
         bit_depth = 8
-    hwc = np.ascontiguousarray(pixels.detach().to("cpu").permute(1, 2, 0).numpy())
+    if isinstance(pixels, np.ndarray):  # the decode workers' pixels (imgflow.io.decoder_ops): no torch
+        hwc = np.ascontiguousarray(pixels.transpose(1, 2, 0))
+    else:
+        hwc = np.ascontiguousarray(pixels.detach().to("cpu").permute(1, 2, 0).numpy())
     if bit_depth == 16:
         hwc = hwc.astype(np.uint16) * np.uint16(257)
     return _encode_levels(hwc, fmt, int(quality), bit_depth)

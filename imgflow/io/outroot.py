@@ -24,7 +24,7 @@ from imgflow.errors import ConfigError
 # The files a run makes in an output root before it writes any output (see imgflow.state).
 RUN_FILES = ("manifest.jsonl", "run-summary.json")
 STATE_FILES = (".imgflow/state.sqlite", ".imgflow/state.sqlite-wal", ".imgflow/state.sqlite-shm",
-               ".imgflow/lock")
+               ".imgflow/lock", ".imgflow/manifest.stamp")
 
 
 def _nearest_existing(path: Path) -> Path:

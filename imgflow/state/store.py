@@ -39,11 +39,13 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
 from imgflow.errors import ConfigError, ImgflowError
+from imgflow.state.bulk import select_priors
+from imgflow.state.manifest_stamp import drop_stamp
 from imgflow.state.records import (
     ITEM_STATUSES,
     RUN_STATUSES,
@@ -95,6 +97,9 @@ class SnapshotLookup:
 
     def lookup(self, relpath: str) -> PriorItem | None:
         return select_prior(self._conn, db_key(relpath))
+
+    def lookup_many(self, relpaths: Sequence[str]) -> list[PriorItem | None]:
+        return select_priors(self._conn, relpaths)
 
     def close(self) -> None:
         self._conn.close()
@@ -238,6 +243,17 @@ class StateStore(StoreReports):
                 return PriorItem(row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7], row[12])
             return select_prior(self._conn, key)
 
+    def lookup_many(self, relpaths: Sequence[str]) -> list[PriorItem | None]:
+        """:meth:`lookup` for many inputs at once, in order: one query per 500 (the plan's rerun
+        path, see :mod:`imgflow.state.bulk`)."""
+        with self._lock:
+            found = select_priors(self._conn, relpaths)
+            if self._pending:
+                for i, relpath in enumerate(relpaths):
+                    if db_key(relpath) in self._pending:
+                        found[i] = self.lookup(relpath)
+        return found
+
     def snapshot_lookup(self) -> SnapshotLookup:
         """A :meth:`lookup` that answers from the store as it is now, on its own connection, for
         a thread that must not see what this run records meanwhile (the progress bar's count)."""
@@ -286,6 +302,7 @@ class StateStore(StoreReports):
                     [(db_key(out), row[0]) for row in rows for out in json.loads(row[6])],
                 )
 
+            drop_stamp(self.output_root)  # manifest.jsonl stops being current (manifest_stamp.py)
             self._write(work)
             self._pending.clear()
 
@@ -401,6 +418,7 @@ class StateStore(StoreReports):
         """Store epoch or step metrics in one transaction (replacing rows with the same key)."""
         if not rows:
             return
+        drop_stamp(self.output_root)
         self._write(lambda conn: conn.executemany(
             "INSERT OR REPLACE INTO metrics (stage, kind, epoch, step, run_id, data) VALUES (?, ?, ?, ?, ?, ?)",
             [(r.stage, r.kind, r.epoch, r.step, r.run_id, dumps(r.data)) for r in rows]))
@@ -411,6 +429,7 @@ class StateStore(StoreReports):
         A resumed run redoes everything after its checkpoint; a fresh start (the defaults)
         forgets the stage's history entirely.
         """
+        drop_stamp(self.output_root)
         self._write(lambda conn: (
             conn.execute("DELETE FROM metrics WHERE stage = ? AND kind = 'step' AND step > ?", (stage, after_step)),
             conn.execute("DELETE FROM metrics WHERE stage = ? AND kind = 'epoch' AND epoch >= ?", (stage, from_epoch))))

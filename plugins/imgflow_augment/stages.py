@@ -462,6 +462,15 @@ class Resize(Augmenter):
             return DecodeHint(edge=p.edge, size=p.size)
         return DecodeHint(edge="exact", size=(int(p.size[0]), int(p.size[1])))
 
+    def decoder_op(self) -> Any:
+        """Bilinear with antialiasing (the default) is Pillow's BILINEAR: the decoder can do it."""
+        from imgflow_augment.decoder_ops import ResizeOp
+
+        p = self.params
+        if p.interpolation != "bilinear" or not p.antialias:
+            return None
+        return ResizeOp(p.size if isinstance(p.size, int) else (int(p.size[0]), int(p.size[1])), p.edge)
+
     def transform(self, x: torch.Tensor, params: list[None]) -> torch.Tensor:
         from imgflow_augment import ops
 
@@ -492,6 +501,11 @@ class CenterCrop(Augmenter):
 
     def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
         return (*_pair(self.params.size), 1)
+
+    def decoder_op(self) -> Any:
+        from imgflow_augment.decoder_ops import CenterCropOp
+
+        return CenterCropOp(_pair(self.params.size))
 
     def transform(self, x: torch.Tensor, params: list[None]) -> torch.Tensor:
         from imgflow_augment import ops

@@ -33,20 +33,27 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.to(torch.float32)
 
 
-def _matrices(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The RGB->XYZ matrix and its exact inverse (computed in float64, then cast), on ``device``."""
-    fwd = torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)
-    inv = torch.linalg.inv(fwd)
-    return fwd.to(device=device, dtype=dtype), inv.to(device=device, dtype=dtype)
+def _rows(matrix: torch.Tensor) -> tuple[tuple[float, float, float], ...]:
+    return tuple(tuple(float(v) for v in row) for row in matrix.tolist())
 
 
-def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Multiply the colour axis (dim -3) of ``x`` by a 3x3 matrix."""
-    return torch.einsum("ij,...jhw->...ihw", matrix, x)
+_FWD = torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)
+#: RGB -> XYZ with each row divided by the D65 white, so the white needs no separate pass.
+XYZN_FROM_RGB = _rows(_FWD / torch.tensor(D65_WHITE, dtype=torch.float64).view(3, 1))
+#: XYZ (white-normalised) -> linear RGB: the exact inverse, times the white per column.
+RGB_FROM_XYZN = _rows(torch.linalg.inv(_FWD) * torch.tensor(D65_WHITE, dtype=torch.float64).view(1, 3))
+#: Y (luminance) from linear RGB: the middle row; it sums to 1, so grey stays grey.
+Y_FROM_RGB = XYZ_FROM_RGB[1]
 
 
-def _white(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(D65_WHITE, device=x.device, dtype=x.dtype).view(3, 1, 1)
+def _mix(row: tuple[float, float, float], planes: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``row[0] * planes[0] + row[1] * planes[1] + row[2] * planes[2]``, one fresh plane.
+
+    Plane by plane rather than one einsum: a 3x3 colour matrix is 3 multiply-adds per pixel,
+    and the einsum's permutes and copies cost 5-10x that on a CPU.
+    """
+    out = planes[0] * row[0]
+    return out.add_(planes[1], alpha=row[1]).add_(planes[2], alpha=row[2])
 
 
 def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
@@ -61,15 +68,47 @@ def linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
     return torch.where(lin > 0.0031308, curved, lin * 12.92)
 
 
+def _lab_f(t: torch.Tensor) -> torch.Tensor:
+    """CIE's f: the cube root above EPSILON, the linear segment below."""
+    return torch.where(t > EPSILON, t.clamp_min(EPSILON) ** (1.0 / 3.0), KAPPA_SLOPE * t + LINEAR_OFFSET)
+
+
+def _lab_finv(f: torch.Tensor) -> torch.Tensor:
+    return torch.where(f > FINV_KNEE, f * f * f, (f - LINEAR_OFFSET) / KAPPA_SLOPE)
+
+
 def rgb2lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1], ``(..., 3, H, W)`` -> Lab with L in [0, 100] and a, b roughly in [-128, 127]."""
-    rgb = _float(rgb)
-    fwd, _ = _matrices(rgb.device, rgb.dtype)
-    xyz = _apply(fwd, srgb_to_linear(rgb)) / _white(rgb)
-    f = torch.where(xyz > EPSILON, xyz.clamp_min(EPSILON) ** (1.0 / 3.0), KAPPA_SLOPE * xyz + LINEAR_OFFSET)
-    fx, fy, fz = f.unbind(dim=-3)
-    lab = torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=-3)
-    return lab
+    lin = srgb_to_linear(_float(rgb)).unbind(dim=-3)
+    fx, fy, fz = (_lab_f(_mix(row, lin)) for row in XYZN_FROM_RGB)
+    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=-3)
+
+
+def lightness(rgb: torch.Tensor) -> torch.Tensor:
+    """L alone of sRGB in [0, 1]: ``(..., 3, H, W)`` -> ``(..., 1, H, W)``, a third of rgb2lab's work."""
+    lin = srgb_to_linear(_float(rgb)).unbind(dim=-3)
+    return (116.0 * _lab_f(_mix(Y_FROM_RGB, lin)) - 16.0).unsqueeze(-3)
+
+
+def _u8_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per 8-bit level: its linear value, and the L of a grey of that level (float64, then float32)."""
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    lin = srgb_to_linear(levels)
+    grey_l = 116.0 * _lab_f(lin) - 16.0
+    return lin.to(device, torch.float32), grey_l.to(device, torch.float32)
+
+
+def lightness_u8(pixels: torch.Tensor, grey: bool = False) -> torch.Tensor:
+    """L of 8-bit sRGB ``(3, H, W)`` (uint8) -> ``(1, H, W)`` float32, by table look-up.
+
+    ``grey`` (three equal channels): L depends on the level alone, one look-up per pixel.
+    Otherwise the linear values come from a 256-entry table instead of a power per channel.
+    """
+    lin_table, grey_table = _u8_tables(pixels.device)
+    if grey:
+        return grey_table.take(pixels[0].to(torch.int64)).unsqueeze(0)
+    lin = tuple(lin_table.take(plane.to(torch.int64)) for plane in pixels[:3])
+    return (116.0 * _lab_f(_mix(Y_FROM_RGB, lin)) - 16.0).unsqueeze(0)
 
 
 def lab2rgb(lab: torch.Tensor) -> torch.Tensor:
@@ -78,10 +117,8 @@ def lab2rgb(lab: torch.Tensor) -> torch.Tensor:
     Colours outside the sRGB gamut are clipped per channel after the transfer curve, as
     scikit-image does; negative Z (possible for extreme b) is clamped to 0 first, also as it does.
     """
-    lab = _float(lab)
-    _, inv = _matrices(lab.device, lab.dtype)
-    big_l, a, b = lab.unbind(dim=-3)
+    big_l, a, b = _float(lab).unbind(dim=-3)
     fy = (big_l + 16.0) / 116.0
-    f = torch.stack([fy + a / 500.0, fy, (fy - b / 200.0).clamp_min(0.0)], dim=-3)
-    xyz = torch.where(f > FINV_KNEE, f**3, (f - LINEAR_OFFSET) / KAPPA_SLOPE) * _white(lab)
-    return linear_to_srgb(_apply(inv, xyz)).clamp(0.0, 1.0)
+    xyz = (_lab_finv(fy + a / 500.0), _lab_finv(fy), _lab_finv((fy - b / 200.0).clamp_min(0.0)))
+    rgb = torch.stack([_mix(row, xyz) for row in RGB_FROM_XYZN], dim=-3)
+    return linear_to_srgb(rgb).clamp_(0.0, 1.0)

@@ -1,8 +1,9 @@
 """The ``colorize`` stage: Zhang et al.'s ECCV16 / SIGGRAPH17 colorizers, batched, at full resolution.
 
 Procedure (SPEC §1), per batch:
-  1. every item's RGB is resized to ``S x S`` (bicubic, antialiased, aspect ratio ignored), so a
-     batch of any mix of sizes stacks into one ``(N, C, S, S)`` tensor and runs in ONE forward;
+  1. every item's 8-bit RGB is resized to ``S x S`` with Pillow's bicubic, as the reference does
+     (:mod:`.resample8`; aspect ratio ignored), so a batch of any mix of sizes stacks into one
+     ``(N, C, S, S)`` tensor and runs in ONE forward;
   2. the network predicts ab at ``S x S`` from the L of the resized image (plus, for SIGGRAPH17,
      the item's point hints);
   3. ab is upsampled bilinearly to each item's own size and joined with the L computed from the
@@ -16,8 +17,10 @@ torch, :mod:`.networks` and :mod:`.lab` are imported in ``setup``/``process``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -164,7 +167,8 @@ class Colorize(Stage):
                 torch.manual_seed(self.random_seed())
                 net = networks.build(self.params.model)
         else:
-            state = _strip_module_prefix(models.load_state_dict(self.weights_source()))
+            # mapped, not read: the tensors are copied just below (channels_last, or to the GPU)
+            state = _strip_module_prefix(models.load_state_dict(self.weights_source(), mmap=True))
             # Built on the meta device and filled by assignment: random initialisation of 34M
             # parameters that the checkpoint overwrites anyway would cost more than the load itself.
             with torch.device("meta"):
@@ -173,6 +177,8 @@ class Colorize(Stage):
         net.eval().to(device)
         # channels_last: oneDNN and cuDNN pick faster convolutions (CPU: 10-18% on these nets)
         net = net.to(memory_format=torch.channels_last)
+        if self.weights_source() != models.RANDOM:
+            _own_memory(net, state)
         self.net = net
         self.weights_id = models.weights_label(self.fingerprint())
         self.amp_dtype = self._choose_precision(device)
@@ -197,12 +203,23 @@ class Colorize(Stage):
 
         if self.params.autocast == "off":
             return None
-        if device.type == "cuda":
-            candidates = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
-        elif device.type == "cpu" and cpu_has_native_bf16():
-            candidates = [torch.bfloat16]
-        else:
+        candidates = precision_candidates(device)
+        if not candidates:
             return None
+        from imgflow.models.precision import device_facts, remembered_choice
+
+        # The verdict is kept per weights, settings and device (imgflow.models.precision): the
+        # two calibration forwards cost ~3 s of every run's start-up on a CPU otherwise.
+        facts = {"stage": "colorize", "model": self.params.model, "side": self.side,
+                 "weights": self.fingerprint(), "tolerance": AUTOCAST_AB_TOLERANCE,
+                 "candidates": [str(d) for d in candidates], "device": device_facts(device)}
+        name, _cached = remembered_choice(facts, lambda: self._calibrate(device, candidates))
+        return None if name == "float32" else getattr(torch, name)
+
+    def _calibrate(self, device: torch.device, candidates: list[Any]) -> str:
+        """The first candidate whose calibration forward stays within tolerance, or "float32"."""
+        import torch
+
         probe = _calibration_input(self.params.model, self.side, device)
         with torch.inference_mode():
             reference = self._forward(probe, None)
@@ -210,8 +227,8 @@ class Colorize(Stage):
                 trial = self._forward(probe, dtype)
                 err = float((trial - reference).abs().max()) * AB_NORM
                 if math.isfinite(err) and err <= AUTOCAST_AB_TOLERANCE:
-                    return dtype
-        return None
+                    return str(dtype).removeprefix("torch.")
+        return "float32"
 
     # -- the batch
 
@@ -225,21 +242,27 @@ class Colorize(Stage):
         items = batch.items
         if not items:
             return batch
-        model_in, hint_counts = self.model_input(items)
+        with work_threads(self.torch_device):
+            model_in, hint_counts = self.model_input(items)
         ab_small = self.predict_ab(model_in)
-        for item, ab, count in zip(items, ab_small, hint_counts, strict=True):
-            self._finish_item(item, ab, count)
+        with work_threads(self.torch_device):
+            for item, ab, count in zip(items, ab_small, hint_counts, strict=True):
+                self._finish_item(item, ab, count)
         return batch
 
     def model_input(self, items: list[Item]) -> tuple[torch.Tensor, list[int]]:
-        """The stacked network input ``(N, C, S, S)`` and the number of hints used per item."""
+        """The stacked network input ``(N, C, S, S)`` and the number of hints used per item.
+
+        Each image is shrunk as the reference procedure does, Pillow's bicubic on its 8-bit
+        pixels (:mod:`.resample8`), and the network gets the L of that.
+        """
         import torch
 
         from imgflow_colorize import lab
 
         device = self.torch_device
-        small = torch.cat([_resize_square(item.image.to(device), self.side) for item in items])
-        l_norm = (lab.rgb2lab(small)[:, :1] - 50.0) / 100.0
+        small = torch.stack([_model_pixels(item, self.side).to(device) for item in items])
+        l_norm = (lab.lightness(small.to(torch.float32).mul_(1.0 / 255.0)) - 50.0) / 100.0
         if self.params.model == "eccv16":
             return l_norm, [0] * len(items)
         planes, counts = [], []
@@ -264,17 +287,25 @@ class Colorize(Stage):
             return self.net(x).float()
 
     def colorize_lab(self, item: Item, ab_small: torch.Tensor) -> torch.Tensor:
-        """The output in Lab, ``(3, H, W)``: the item's own L, the predicted ab upsampled to H x W."""
+        """The output in Lab, ``(3, H, W)``: the item's own L, the predicted ab upsampled to H x W.
+
+        L comes from the item's 8-bit pixels by table look-up while it has them (no float copy
+        of the image is made), else from its float pixels.
+        """
         import torch
         from torch.nn import functional as F
 
         from imgflow_colorize import lab
+        from imgflow_colorize.resample8 import equal_channels
 
-        image = item.image
-        height, width = image.shape[-2:]
-        ab = F.interpolate(ab_small.unsqueeze(0).to(image.device), size=(height, width),
+        pixels = item.uint8
+        if pixels is not None:
+            big_l = lab.lightness_u8(pixels, grey=equal_channels(pixels))
+        else:
+            big_l = lab.lightness(item.image)
+        height, width = big_l.shape[-2:]
+        ab = F.interpolate(ab_small.unsqueeze(0).to(big_l.device), size=(height, width),
                            mode="bilinear", align_corners=False)[0]
-        big_l = lab.rgb2lab(image)[:1]
         return torch.cat([big_l, ab])
 
     def _finish_item(self, item: Item, ab_small: torch.Tensor, hint_count: int) -> None:
@@ -282,9 +313,9 @@ class Colorize(Stage):
 
         from imgflow_colorize import lab
 
-        original = item.image
         colour = lab.lab2rgb(self.colorize_lab(item, ab_small)).to(torch.float32)
         if self.params.mode == "side_by_side":
+            original = item.image
             item.image = torch.cat([original.to(torch.float32), colour], dim=-1)
             if item.alpha is not None:
                 item.alpha = torch.cat([item.alpha, item.alpha], dim=-1)
@@ -336,13 +367,52 @@ class Colorize(Stage):
 # ---------------------------------------------------------------------------------------------
 
 
-def _resize_square(image: torch.Tensor, side: int) -> torch.Tensor:
-    """``(3, H, W)`` -> ``(1, 3, side, side)``: bicubic with antialiasing (a low-pass filter when
-    shrinking, like PIL's resize the reference used), clamped because bicubic overshoots."""
-    from torch.nn import functional as F
+def _model_pixels(item: Item, side: int) -> torch.Tensor:
+    """The item's RGB shrunk to ``(3, side, side)`` uint8 as the reference does (Pillow bicubic
+    on 8 bits). Float items (16-bit scans, or after a float stage) are rounded to 8 bits first:
+    only the network's input is, which is what the network was trained on."""
+    import torch
 
-    x = image.unsqueeze(0).float()
-    return F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    from imgflow_colorize.resample8 import equal_channels, resize_u8
+
+    pixels = item.uint8
+    if pixels is None:
+        pixels = item.image.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
+    pixels = pixels[:3]
+    return resize_u8(pixels, side, grey=equal_channels(pixels))
+
+
+@contextlib.contextmanager
+def work_threads(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for the per-pixel work around the forward pass on a CPU.
+
+    Resizing, Lab conversions and upsampling are dozens of short element-wise passes. Across
+    two OpenMP threads each pass waits for both, and when the decode workers and encoders hold
+    the other core that wait dominates: measured on 2 busy cores, Lab -> RGB of a 1024x768
+    image took 33 ms on one thread and 230-550 ms on two. The forward pass keeps every thread.
+    """
+    import torch
+
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def precision_candidates(device: torch.device) -> list[Any]:
+    """The reduced precisions worth calibrating on ``device``, best first (may be empty)."""
+    import torch
+
+    if device.type == "cuda":
+        return [torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return [torch.bfloat16]
+    return []
 
 
 def cpu_has_native_bf16() -> bool:
@@ -426,6 +496,25 @@ def _hint_ab(point: dict[str, Any], where: str, bad: Any) -> tuple[float, float]
 
     colour = lab.rgb2lab(torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1) / 255.0)
     return float(colour[1, 0, 0]), float(colour[2, 0, 0])
+
+
+def _own_memory(net: Any, state: dict[str, Any]) -> None:
+    """Copy every parameter and buffer that still shares memory with the mapped checkpoint.
+
+    The layout conversion copies most weights off the map; biases, norms and 1x1 kernels that
+    are already channels_last would stay views of the file, which a truncation of the file
+    mid-run would turn into a SIGBUS. They are a few hundred kB.
+    """
+    from torch import nn
+
+    mapped = {t.untyped_storage().data_ptr() for t in state.values() if t.device.type == "cpu"}
+    for module in net.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.untyped_storage().data_ptr() in mapped:
+                module._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.untyped_storage().data_ptr() in mapped:
+                module._buffers[name] = buffer.clone()
 
 
 def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:

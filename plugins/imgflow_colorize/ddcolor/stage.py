@@ -174,23 +174,30 @@ class ColorizeDDColor(Stage):
         """
         import torch
 
-        from imgflow_colorize.stage import cpu_has_native_bf16
+        from imgflow.models.precision import device_facts, remembered_choice
+        from imgflow_colorize.stage import precision_candidates
 
         if self.params.autocast == "off":
             return None
-        if device.type == "cuda":
-            candidates = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
-        elif device.type == "cpu" and cpu_has_native_bf16():
-            candidates = [torch.bfloat16]
-        else:
+        candidates = precision_candidates(device)
+        if not candidates:
             return None
-        with torch.inference_mode():
-            reference = self._forward(probe, None)
-            for dtype in candidates:
-                err = float((self._forward(probe, dtype) - reference).abs().max())
-                if math.isfinite(err) and err <= AUTOCAST_AB_TOLERANCE:
-                    return dtype
-        return None
+
+        def calibrate() -> str:
+            with torch.inference_mode():
+                reference = self._forward(probe, None)
+                for dtype in candidates:
+                    err = float((self._forward(probe, dtype) - reference).abs().max())
+                    if math.isfinite(err) and err <= AUTOCAST_AB_TOLERANCE:
+                        return str(dtype).removeprefix("torch.")
+            return "float32"
+
+        # kept per weights, settings and device across runs (imgflow.models.precision)
+        facts = {"stage": "colorize.ddcolor", "size": self.size, "side": self.side, "weights": self.fingerprint(),
+                 "tolerance": AUTOCAST_AB_TOLERANCE, "candidates": [str(d) for d in candidates],
+                 "device": device_facts(device)}
+        name, _cached = remembered_choice(facts, calibrate)
+        return None if name == "float32" else getattr(torch, name)
 
     def _initial_chunk(self, device: torch.device, probe: torch.Tensor) -> int:
         """Images per forward pass: ``max_batch``, else unlimited on a CPU, else what the GPU's
