@@ -261,7 +261,7 @@ class Colorize(Stage):
         from imgflow_colorize import lab
 
         device = self.torch_device
-        small = torch.stack([_model_pixels(item, self.side).to(device) for item in items])
+        small = torch.stack([model_pixels(item, self.side).to(device) for item in items])
         l_norm = (lab.lightness(small.to(torch.float32).mul_(1.0 / 255.0)) - 50.0) / 100.0
         if self.params.model == "eccv16":
             return l_norm, [0] * len(items)
@@ -367,7 +367,7 @@ class Colorize(Stage):
 # ---------------------------------------------------------------------------------------------
 
 
-def _model_pixels(item: Item, side: int) -> torch.Tensor:
+def model_pixels(item: Item, side: int) -> torch.Tensor:
     """The item's RGB shrunk to ``(3, side, side)`` uint8 as the reference does (Pillow bicubic
     on 8 bits). Float items (16-bit scans, or after a float stage) are rounded to 8 bits first:
     only the network's input is, which is what the network was trained on."""

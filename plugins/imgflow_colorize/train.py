@@ -280,10 +280,11 @@ class TrainColorizer(Stage):
         import torch
 
         from imgflow_colorize import lab
-        from imgflow_colorize.stage import _resize_square
+        from imgflow_colorize.stage import model_pixels
 
-        side = self.side
-        small = torch.cat([_resize_square(item.image.to(self.torch_device), side) for item in items])
+        side = self.side  # the network input exactly as colorize makes it: Pillow's bicubic on 8 bits
+        small = torch.stack([model_pixels(item, side) for item in items]).to(self.torch_device)
+        small = small.to(torch.float32).mul_(1.0 / 255.0)
         lab_small = lab.rgb2lab(small)
         chroma = lab_small[:, 1:].square().sum(dim=1).sqrt().flatten(1).mean(dim=1)
         return small, lab_small, chroma >= GREY_CHROMA
