@@ -103,3 +103,15 @@ class ItemError(Exception):
 
     def __reduce__(self):  # picklable across processes
         return (type(self), (self.code, self.message))
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One finding of a stage's preflight: the problem, its fix, and whether it stops the run."""
+
+    message: str
+    fix: str = ""
+    error: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.message} (fix: {self.fix})" if self.fix else self.message

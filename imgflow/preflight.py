@@ -17,22 +17,11 @@ imports torch or reads more than a file's metadata.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from imgflow.errors import Notice
+
 __all__ = ["Notice", "file_notices", "weights_notices"]
-
-
-@dataclass(frozen=True)
-class Notice:
-    """One finding of a stage's preflight: the problem, its fix, and whether it stops the run."""
-
-    message: str
-    fix: str = ""
-    error: bool = True
-
-    def __str__(self) -> str:
-        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
 
 
 def file_notices(path: Path, what: str, fix: str, *, folder: bool = False) -> list[Notice]:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from imgflow.batch import Artifact, Batch, Targets
-    from imgflow.preflight import Notice
+    from imgflow.errors import Notice
 
 
 @dataclass(frozen=True)

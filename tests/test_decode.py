@@ -325,7 +325,7 @@ def test_truncated_later_frame_costs_only_a_note(corpus, tmp_path):
 
 
 def test_a_file_growing_while_read_is_still_capped(tmp_path):
-    from imgflow.io.decode import _read_upto
+    from imgflow.io.filebytes import read_upto as _read_upto
 
     path = tmp_path / "growing.bin"
     path.write_bytes(b"a" * 10)

@@ -4,7 +4,8 @@
   links.py          the walk's policy for symlinks and special files, and its messages
   decode.py         one file -> pixels, defensively (caps, allowed formats, EXIF, ICC)
   modes.py          every Pillow mode into the four pixel layouts stages get
-  decode_errors.py  failure messages with a fix, and a format guess from magic bytes
+  filebytes.py      a file's bytes read once under the size cap; Pillow's pixel cap in step
+  decode_errors.py  failure messages with a fix (the decoder's and the pool's), format sniffing
   decode_worker.py  the worker process that runs decode.py on hostile files
   decodepool.py     the pool of those workers: a crash or a hang costs one file
   pixel_ipc.py      pixels from a worker to the parent through anonymous memory files

@@ -54,13 +54,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import stat
 import struct
-import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +89,7 @@ from imgflow.io.decode_errors import (
 )
 from imgflow.io.decode_errors import sniff_format as sniff_format
 from imgflow.io.jpeg_route import EncodedJpeg, deferred_meta, gpu_refusal, placeholder
+from imgflow.io.filebytes import pillow_pixel_cap, read_capped
 from imgflow.io.modes import GRAY16_MODES, bytes_per_pixel, orient, to_array
 from imgflow.memory import DecodeCost, ImageShape
 
@@ -245,7 +242,7 @@ def decode_file(path: str | Path, limits: DecodeLimits, admit: Admit | None = No
     ``defer_jpeg`` leaves a JPEG that nvJPEG can decode undecoded (see the module docstring).
     """
     try:
-        data = _read_capped(Path(path), limits)
+        data = read_capped(Path(path), limits)
     except MemoryError:
         raise memory_error(str(path), limits) from None
     return decode_bytes(data, limits, source=str(path), admit=admit, defer_jpeg=defer_jpeg)
@@ -268,7 +265,7 @@ def decode_bytes(data: bytes, limits: DecodeLimits, source: str = "<bytes>", adm
             "(fix: copy the file again from its origin)",
         )
     notes: list[str] = []
-    with _pillow_pixel_cap(limits.max_pixels), warnings.catch_warnings(record=True) as caught:
+    with pillow_pixel_cap(limits.max_pixels), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -296,95 +293,6 @@ def ops_applied(pixels: np.ndarray, limits: DecodeLimits) -> bool:
     """Whether a decode under ``limits`` ran the stages' ops: always for 8-bit pixels, never for
     16-bit ones (imgflow.io.decoder_ops). The pool's parent side answers the same from the shape."""
     return bool(limits.ops) and pixels.dtype.itemsize == 1
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _read_capped(path: Path, limits: DecodeLimits) -> bytes:
-    """The file's bytes, refusing before reading when it is over the cap.
-
-    Reads the size fstat reported plus one byte (``read(n)`` allocates n bytes up front, so never
-    ask for the cap itself), then, only if the file grew meanwhile, more up to cap + 1 bytes.
-    """
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            if stat.S_ISDIR(info.st_mode):
-                raise IsADirectoryError(path)
-            if not stat.S_ISREG(info.st_mode):
-                raise ItemError(
-                    "unreadable",
-                    f"{path}: not a regular file (a FIFO, socket or device) (fix: narrow "
-                    "[input] include so it is not picked up)",
-                )
-            if info.st_size > limits.max_file_bytes:
-                raise too_large(str(path), info.st_size, limits)
-            data = _read_upto(fh, info.st_size, limits.max_file_bytes)
-    except ItemError:
-        raise
-    except FileNotFoundError:
-        raise ItemError(
-            "unreadable", f"{path}: no such file (fix: check the path; was it moved or deleted?)"
-        ) from None
-    except IsADirectoryError:
-        raise ItemError(
-            "unreadable", f"{path}: is a directory, not an image file (fix: narrow [input] include)"
-        ) from None
-    except PermissionError:
-        raise ItemError(
-            "unreadable",
-            f"{path}: permission denied (fix: make the file readable by the user running imgflow)",
-        ) from None
-    except OSError as exc:
-        raise ItemError(
-            "unreadable", f"{path}: cannot read the file: {exc.strerror or exc} (fix: check the disk)"
-        ) from None
-    if len(data) > limits.max_file_bytes:
-        raise too_large(str(path), len(data), limits)
-    return data
-
-
-def _read_upto(fh: io.BufferedReader, size: int, cap: int) -> bytes:
-    """``size`` + 1 bytes, then 1 MiB chunks while the file keeps growing, stopping past ``cap``."""
-    chunks = [fh.read(size + 1)]
-    total = len(chunks[0])
-    while total > size and total <= cap:
-        chunk = fh.read(min(1024**2, cap + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
-
-
-@contextmanager
-def _pillow_pixel_cap(max_pixels: int) -> Iterator[None]:
-    """Make Pillow's own bomb check agree with ours for the duration of a decode.
-
-    Pillow checks ``Image.MAX_IMAGE_PIXELS`` (a process global) on open and again while loading
-    some formats. Left at its default (~89 MP) it would refuse images our cap allows; so while any
-    decode runs it is set to the largest cap in use, and restored when the last one ends. Our own
-    header check enforces each call's exact cap.
-    """
-    with _cap_lock:
-        if not _active_caps:
-            _saved_cap[0] = Image.MAX_IMAGE_PIXELS
-        _active_caps.append(max_pixels)
-        Image.MAX_IMAGE_PIXELS = max(_active_caps)
-    try:
-        yield
-    finally:
-        with _cap_lock:
-            _active_caps.remove(max_pixels)
-            Image.MAX_IMAGE_PIXELS = max(_active_caps) if _active_caps else _saved_cap[0]
-
-
-_cap_lock = threading.Lock()
-_active_caps: list[int] = []
-_saved_cap: list[int | None] = [Image.MAX_IMAGE_PIXELS]
 
 
 # --------------------------------------------------------------------------- decoding

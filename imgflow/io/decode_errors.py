@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import warnings
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
-from imgflow.errors import ItemError
+from imgflow.errors import ConfigError, ImgflowError, ItemError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imgflow.memory import DecodeCost
 
 
 class Limits(Protocol):
@@ -166,3 +170,42 @@ def warning_notes(caught: list[warnings.WarningMessage], notes: list[str]) -> li
             extra.append(text)
     return extra
 
+
+# ---------------------------------------------------------------- the decode pool's own messages
+
+
+def over_budget(path: str, cost: DecodeCost, need: int, capacity: int) -> str:
+    """Why an image is refused by the memory budget, and what to change."""
+    mib = 1024 * 1024
+    need_mb, cap_mb = -(-need // mib), capacity // mib
+    shape = cost.shape
+    return (f"{path}: a {shape.width}x{shape.height} image needs about {need_mb:,} MB to decode and "
+            f"process, more than the {cap_mb:,} MB one image may use in this run (fix: raise [run] "
+            f"max_memory_mb to at least {need_mb}, or lower [run] max_pixels so such images are "
+            "refused from their header)")
+
+
+def unfit_error(cap_mb: int | None, in_use_mb: int | None, detail: str) -> ImgflowError:
+    """The configuration error for a decode worker that cannot work (see ``_await_ready``)."""
+    if cap_mb is None:
+        return ImgflowError(f"a decode worker could not start: {detail} (fix: check free memory and "
+                            "process limits; rerun with IMGFLOW_DEBUG=1 for details)")
+    uses = f" (a worker uses {in_use_mb} MB of address space before it decodes anything)" if in_use_mb else ""
+    floor = max(1024, -(-((in_use_mb or 200) + 256) // 256) * 256)
+    return ConfigError(f"[run] worker_memory_mb = {cap_mb} is too low for a decode worker: {detail}{uses}, "
+                       f"so no image could be decoded (fix: raise worker_memory_mb to {floor} or more, "
+                       "or remove it for the default 4096)")
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'was killed by SIGSEGV' / 'exited with status 3', for crash messages."""
+    if exitcode is None:
+        return "stopped responding"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (likely the out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {exitcode}"

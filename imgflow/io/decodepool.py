@@ -39,7 +39,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import secrets
-import signal
 import sys
 import time
 from collections import deque
@@ -49,9 +48,10 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from imgflow.errors import ConfigError, ImgflowError, ItemError
+from imgflow.errors import ItemError
 from imgflow.io import pixel_ipc
 from imgflow.io.decode import DecodeLimits, Decoded, ops_applied
+from imgflow.io.decode_errors import describe_exit, over_budget, unfit_error
 from imgflow.io.decode_worker import ENV_TEST_CRASH_ON, worker_main
 from imgflow.io.jpeg_route import EncodedJpeg, placeholder
 from imgflow.memory import DecodeCost, ImageShape, MemoryBudget, Reservation
@@ -377,7 +377,7 @@ class DecodePool:
                     return
                 task.reservation, answer = reservation, ("grant", task.id)
             else:
-                answer = ("refuse", task.id, _over_budget(task.path, cost, need, budget.ceiling))
+                answer = ("refuse", task.id, over_budget(task.path, cost, need, budget.ceiling))
             self._asks.popleft()
             worker.asking = None
             worker.head_since = time.monotonic()  # its decode starts now
@@ -476,7 +476,7 @@ class DecodePool:
         if charge and worker.held:
             task = worker.held.popleft()
             self._release(task)
-            reason = _describe_exit(worker.process.exitcode)
+            reason = describe_exit(worker.process.exitcode)
             error = ItemError(
                 "decoder_crash",
                 f"{task.path}: the image decoder process {reason} while reading this file; "
@@ -561,9 +561,9 @@ class DecodePool:
             in_use, detail = hello[1], hello[2]
         else:
             in_use = None
-            detail = (f"it {_describe_exit(worker.process.exitcode)} as it started" if worker.process.exitcode
+            detail = (f"it {describe_exit(worker.process.exitcode)} as it started" if worker.process.exitcode
                       is not None else f"it did not start within {limit_s:g} s")
-        raise _unfit_error(self.limits.memory_mb, in_use, detail)
+        raise unfit_error(self.limits.memory_mb, in_use, detail)
 
     def _kill(self, worker: _Worker) -> None:
         """Make sure the worker process is gone and reaped."""
@@ -582,41 +582,3 @@ class DecodePool:
             worker.process.close()
         except ValueError:  # pragma: no cover - still running after kill + join
             pass
-
-
-def _over_budget(path: str, cost: DecodeCost, need: int, capacity: int) -> str:
-    """Why an image is refused by the memory budget, and what to change."""
-    mib = 1024 * 1024
-    need_mb, cap_mb = -(-need // mib), capacity // mib
-    shape = cost.shape
-    return (f"{path}: a {shape.width}x{shape.height} image needs about {need_mb:,} MB to decode and "
-            f"process, more than the {cap_mb:,} MB one image may use in this run (fix: raise [run] "
-            f"max_memory_mb to at least {need_mb}, or lower [run] max_pixels so such images are "
-            "refused from their header)")
-
-
-def _unfit_error(cap_mb: int | None, in_use_mb: int | None, detail: str) -> ImgflowError:
-    """The configuration error for a decode worker that cannot work (see ``_await_ready``)."""
-    if cap_mb is None:
-        return ImgflowError(f"a decode worker could not start: {detail} (fix: check free memory and "
-                            "process limits; rerun with IMGFLOW_DEBUG=1 for details)")
-    uses = f" (a worker uses {in_use_mb} MB of address space before it decodes anything)" if in_use_mb else ""
-    floor = max(1024, -(-((in_use_mb or 200) + 256) // 256) * 256)
-    return ConfigError(f"[run] worker_memory_mb = {cap_mb} is too low for a decode worker: {detail}{uses}, "
-                       f"so no image could be decoded (fix: raise worker_memory_mb to {floor} or more, "
-                       "or remove it for the default 4096)")
-
-
-def _describe_exit(exitcode: int | None) -> str:
-    """'was killed by SIGSEGV' / 'exited with status 3', for crash messages."""
-    if exitcode is None:
-        return "stopped responding"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        hint = " (likely the out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with status {exitcode}"
-

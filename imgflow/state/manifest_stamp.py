@@ -18,17 +18,24 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from imgflow.state.store import StateStore
+from imgflow.state.statedir import STATE_DIR
+
+
+class _Store(Protocol):
+    """What the export needs of a :class:`imgflow.state.store.StateStore`."""
+
+    output_root: Path
+
+    def flush(self) -> None: ...
+
+    def export_manifest(self, path: Path) -> int: ...
 
 STAMP_FILE = "manifest.stamp"
 
 
 def stamp_path(output_root: Path) -> Path:
-    from imgflow.state.store import STATE_DIR
-
     return Path(output_root) / STATE_DIR / STAMP_FILE
 
 
@@ -48,7 +55,7 @@ def _file_facts(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def export_manifest_if_changed(store: StateStore, path: Path) -> bool:
+def export_manifest_if_changed(store: _Store, path: Path) -> bool:
     """Write ``path`` (manifest.jsonl) unless the stamp proves it current; True when written."""
     path = Path(path)
     store.flush()  # buffered records drop the stamp when they are committed

@@ -63,9 +63,8 @@ from imgflow.state.records import (
 )
 from imgflow.state.reports import StoreReports
 from imgflow.state.schema import SCHEMA_VERSION, UPSERT_ITEM, migrate
-from imgflow.state.statedir import checked_state_dir
+from imgflow.state.statedir import STATE_DIR, checked_state_dir
 
-STATE_DIR = ".imgflow"
 STATE_FILE = "state.sqlite"
 
 FLUSH_EVERY_RECORDS = 256

@@ -148,3 +148,8 @@ def segmenter_for_inference(doc: dict) -> nn.Module:
 
         return PaddedFCN(net)
     return net
+
+
+#: What segmenter.pt (written by train.segmenter, read by segment) is, and the keys it must hold.
+FORMAT = "imgflow-segmenter"
+REQUIRED = ("model", "classes", "palette", "state_dict")

@@ -144,7 +144,7 @@ class Segment(Stage):
     def trained_checkpoint(self) -> dict[str, Any] | None:
         """The ``segmenter.pt`` document when ``weights`` names one, else None."""
         from imgflow_finetune import kit
-        from imgflow_segment.train import FORMAT, REQUIRED
+        from imgflow_segment.networks import FORMAT, REQUIRED
 
         return kit.imgflow_checkpoint(self.weights_source(), FORMAT, REQUIRED)
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from imgflow import Artifact, ConfigError, Params, Stage, StageContext, StageKind
+from imgflow_segment.networks import FORMAT
 from imgflow_segment import MODELS, registry_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,8 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgflow.batch import Batch, Targets
     from imgflow_segment.masks import ClassList, MaskFolder
 
-FORMAT = "imgflow-segmenter"
-REQUIRED = ("model", "classes", "palette", "state_dict")
 FCN18 = "fcn_resnet18"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
