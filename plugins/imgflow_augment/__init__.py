@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @hookimpl
 def register_stages(register: Callable[[type[Stage]], None]) -> None:
     """Register the seven augmentation stages."""
-    from imgflow_augment import stages  # lazy: keeps `imgflow --help` fast
+    from imgflow_augment import compose  # lazy: keeps `imgflow --help` fast
 
-    for cls in stages.ALL:
+    for cls in compose.ALL:
         register(cls)

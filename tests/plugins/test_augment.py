@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from imgflow import Batch, ImageMeta, Item, StageContext, StageKind
 from imgflow import plugins as plugin_manager
-from imgflow_augment import ops, stages
+from imgflow_augment import compose, ops, stages
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE_NAMES = {
@@ -320,7 +320,7 @@ RANDOM_STAGES = [
     (stages.RandomResizedCrop, {"size": 16, "scale": [0.1, 1.0], "ratio": [0.5, 2.0]}),
     (stages.ColorJitter, JITTER),
     (
-        stages.Augment,
+        compose.Augment,
         {"copies": 2, "ops": [{"op": "random_resized_crop", "size": 16}, {"op": "color_jitter", **JITTER}]},
     ),
 ]
@@ -371,7 +371,7 @@ def test_pipeline_seed_and_stage_id_change_the_draw(cls, params):
 
 def test_augment_fans_out_to_named_distinct_copies():
     stage = build(
-        stages.Augment,
+        compose.Augment,
         copies=3,
         ops=[{"op": "random_resized_crop", "size": 12}, {"op": "color_jitter", **JITTER}],
     )
@@ -387,7 +387,7 @@ def test_augment_fans_out_to_named_distinct_copies():
 def test_augment_single_copy_still_gets_a_variant_and_keeps_inputs_untouched():
     batch = make_batch(2)
     before = [i.image.clone() for i in batch]
-    out = run(build(stages.Augment, ops=[{"op": "color_jitter", **JITTER}]), batch)
+    out = run(build(compose.Augment, ops=[{"op": "color_jitter", **JITTER}]), batch)
     assert [i.variant for i in out] == ["_aug0", "_aug0"]
     assert all(torch.equal(i.image, b) for i, b in zip(batch, before, strict=True))
 
@@ -395,7 +395,7 @@ def test_augment_single_copy_still_gets_a_variant_and_keeps_inputs_untouched():
 def test_augment_p_zero_never_applies_and_p_one_always_does():
     batch = make_batch(3, alpha=True)
     never = build(
-        stages.Augment,
+        compose.Augment,
         copies=5,
         ops=[{"op": "flip_horizontal", "p": 0}, {"op": "color_jitter", "p": 0.0, **JITTER}],
     )
@@ -404,7 +404,7 @@ def test_augment_p_zero_never_applies_and_p_one_always_does():
     for item in out:
         src = next(i for i in batch if i.source == item.source)
         assert torch.equal(item.image, src.image) and torch.equal(item.alpha, src.alpha)
-    out = run(build(stages.Augment, copies=5, ops=[{"op": "flip_vertical", "p": 1}]), make_batch(3))
+    out = run(build(compose.Augment, copies=5, ops=[{"op": "flip_vertical", "p": 1}]), make_batch(3))
     for item in out:
         src = next(i for i in make_batch(3) if i.source == item.source)
         assert torch.equal(item.image, src.image.flip(-2))
@@ -413,7 +413,7 @@ def test_augment_p_zero_never_applies_and_p_one_always_does():
 def test_augment_flip_gate_is_the_flip_probability():
     # {op = flip_horizontal} flips about half of the copies (its own default p), not a quarter
     batch = Batch([make_item(f"f{i}.png", 4, 6, seed=i) for i in range(50)])
-    out = run(build(stages.Augment, copies=4, ops=[{"op": "flip_horizontal"}]), batch)
+    out = run(build(compose.Augment, copies=4, ops=[{"op": "flip_horizontal"}]), batch)
     flipped = sum(not torch.equal(o.image, make_image(4, 6, int(o.source[1:-4]))) for o in out)
     assert 70 <= flipped <= 130  # 200 copies at p=0.5: mean 100, sd ~7
 
@@ -424,7 +424,7 @@ def test_augment_applies_ops_in_order_on_changing_sizes():
         {"op": "center_crop", "size": 10},
         {"op": "flip_horizontal", "p": 1.0},
     ]
-    out = run(build(stages.Augment, ops=ops_list), make_batch(1, 24, 32))
+    out = run(build(compose.Augment, ops=ops_list), make_batch(1, 24, 32))
     expected = TF.horizontal_flip(
         TF.center_crop(TF.resize(make_image(24, 32).unsqueeze(0), [20, 30]), [10, 10])
     )
@@ -433,15 +433,15 @@ def test_augment_applies_ops_in_order_on_changing_sizes():
 
 def test_augment_unknown_op_suggests_the_closest():
     with pytest.raises(ValidationError) as err:
-        stages.AugmentParams(ops=[{"op": "flip_horizontal"}, {"op": "colour_jitter"}])
+        compose.AugmentParams(ops=[{"op": "flip_horizontal"}, {"op": "colour_jitter"}])
     assert "ops[1]: unknown op 'colour_jitter' (did you mean 'color_jitter'?)" in str(err.value)
     with pytest.raises(ValidationError, match="missing 'op'"):
-        stages.AugmentParams(ops=[{"p": 0.5}])
+        compose.AugmentParams(ops=[{"p": 0.5}])
 
 
 def test_augment_bad_op_params_name_the_key_and_report_all_problems():
     with pytest.raises(ValidationError) as err:
-        stages.AugmentParams(
+        compose.AugmentParams(
             ops=[
                 {"op": "random_resized_crop", "size": 200, "scale": [0.5, 0.1]},
                 {"op": "color_jitter", "hue": 0.8, "sharpness": 2},
@@ -459,11 +459,11 @@ def test_augment_bad_op_params_name_the_key_and_report_all_problems():
 
 def test_augment_params_reject_bad_copies_and_empty_ops():
     with pytest.raises(ValidationError, match="copies"):
-        stages.AugmentParams(copies=0, ops=[{"op": "flip_horizontal"}])
+        compose.AugmentParams(copies=0, ops=[{"op": "flip_horizontal"}])
     with pytest.raises(ValidationError, match="ops"):
-        stages.AugmentParams(ops=[])
+        compose.AugmentParams(ops=[])
     with pytest.raises(ValidationError, match="extra"):
-        stages.AugmentParams(ops=[{"op": "flip_horizontal"}], copeis=2)
+        compose.AugmentParams(ops=[{"op": "flip_horizontal"}], copeis=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +505,7 @@ def test_jitter_ranges_follow_torchvision_conventions():
 
 
 def test_every_param_has_a_description():
-    for cls in stages.ALL:
+    for cls in compose.ALL:
         assert cls.kind is StageKind.AUGMENT and cls.description
         for name, field in cls.Params.model_fields.items():
             assert field.description, f"{cls.name}.{name} has no description"
@@ -544,7 +544,7 @@ GEOMETRIC = [
     (stages.Resize, {"size": 9, "interpolation": "bicubic"}),
     (stages.CenterCrop, {"size": [30, 20]}),
     (
-        stages.Augment,
+        compose.Augment,
         {"copies": 2, "ops": [{"op": "random_resized_crop", "size": 12}, {"op": "flip_vertical"}]},
     ),
 ]
@@ -588,7 +588,7 @@ def test_hookimpl_registers_all_seven_stages(monkeypatch):
         for name in STAGE_NAMES:
             assert registry[name].plugin == "augment"
             assert registry[name].cls.name == name
-        assert registry["augment"].cls is stages.Augment
+        assert registry["augment"].cls is compose.Augment
     finally:
         plugin_manager.reset()
 
@@ -598,9 +598,9 @@ def test_importing_the_plugin_does_not_import_torch_or_torchvision():
         """
         import sys
         import imgflow_augment
-        from imgflow_augment import stages
+        from imgflow_augment import compose
         imgflow_augment.register_stages(lambda cls: None)
-        stages.AugmentParams(ops=[{"op": "random_resized_crop", "size": 200}])
+        compose.AugmentParams(ops=[{"op": "random_resized_crop", "size": 200}])
         assert "torch" not in sys.modules, "torch was imported"
         assert "torchvision" not in sys.modules, "torchvision was imported"
         """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from imgflow_augment import stages
+from imgflow_augment import compose, stages
 from imgflow_augment import targets as t
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -105,7 +105,7 @@ def test_colour_ops_leave_targets_alone_and_augment_copies_keep_their_own():
     jitter = stage(stages.ColorJitter, brightness=0.5)
     jitter.process(Batch(items=[item]))
     assert item.targets is original
-    augment = stage(stages.Augment, copies=4, ops=[{"op": "flip_horizontal", "p": 0.5},
+    augment = stage(compose.Augment, copies=4, ops=[{"op": "flip_horizontal", "p": 0.5},
                                                   {"op": "random_resized_crop", "size": 32, "scale": [0.3, 1.0]}])
     source = item_with_targets()
     out = augment.process(Batch(items=[source]))
