@@ -9,7 +9,9 @@ The inputs are files under every cap that decode to huge images: PNGs of 10,000 
 9,000 x 9,000 (about 60 KB), half of each, generated once into the work folder. One
 ``imgflow run`` processes all of them with every ``[run]`` setting at its default (the memory
 budget included), and the benchmark polls the resident memory of imgflow and all its
-descendants (forkserver, decode workers) every 20 ms. Target: the peak stays below 2 GiB.
+descendants (forkserver, decode workers) every 20 ms. Target: the peak stays below 2 GiB for
+``resize``; for ``jitter``, whose bombs each need more than the default budget and so run one at
+a time, below half the machine's memory (the most one image may use).
 
 Pipelines (``--stage``):
   resize  longer edge to 1024 px, PNG out: the stage works on uint8 pixels
@@ -47,7 +49,16 @@ from _common import (  # noqa: E402
 )
 
 HERE = Path(__file__).resolve().parent
+#: The resize pipeline's target: 8-bit stages keep a bomb small enough for the default budget.
 TARGET_MIB = 2048
+
+
+def target_mib(stage: str) -> int:
+    """The peak to stay under. A float stage's bomb needs more than the default budget, so the
+    run gives it the machine alone, up to half its memory (README: Memory): that is the bound."""
+    if stage == "resize":
+        return TARGET_MIB
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (2 * 1024 * 1024)
 #: Bump when the generated bombs change, so a cached set is rebuilt.
 BOMB_VERSION = 1
 
@@ -181,9 +192,10 @@ def main() -> int:
     for failure in summary.get("failures", []):
         codes[failure["code"]] = codes.get(failure["code"], 0) + 1
     largest = m.time_v_max_rss_mib if m.time_v_max_rss_mib is not None else m.max_rss_mib
+    limit = target_mib(args.stage)
     rows = [
         Row(f"{args.count} bombs, {args.stage}: peak RSS of process tree", m.peak_tree_rss_mib, unit="MiB",
-            digits=0, target=f"< {TARGET_MIB}", meets=lambda r: r.imgflow is not None and r.imgflow < TARGET_MIB,
+            digits=0, target=f"< {limit}", meets=lambda r: r.imgflow is not None and r.imgflow < limit,
             note="sum of VmRSS over imgflow and every descendant, polled every 20 ms; shared pages "
                  "count once per process that maps them"),
         Row(f"{args.count} bombs, {args.stage}: peak RSS of largest process", largest, unit="MiB", digits=0,
