@@ -115,11 +115,13 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
     from imgflow.io.atomic import sweep_temp_files
     from imgflow.io.outroot import startup_error
     from imgflow.plugins import call_lifecycle
-    from imgflow.state import StateStore
+    from imgflow.state import StateStore, mp_tempdir
     from imgflow.state.manifest_stamp import export_manifest_if_changed
+    from imgflow.state.statedir import STATE_DIR
 
     started = time.monotonic()
     out = pipeline.output_path
+    state_dir = out / STATE_DIR
     stages = chain.stages
     training_summary: str | None = None
     warning: str | None = None
@@ -140,6 +142,8 @@ def _run_recorded(pipeline: Pipeline, options: RunOptions, echo: Callable[[str],
             swept = sweep_temp_files(out)
             if swept:
                 echo(f"imgflow: removed {swept} temporary file(s) left by an interrupted run")
+        mp_tempdir.sweep_dead(state_dir)  # a killed run's $TMPDIR/pymp-* folder
+        mp_tempdir.record_current(state_dir)
         recorder = Recorder(store, run_id, fingerprint, warn=lambda m: echo(f"imgflow: warning: {m}"))
         run_doc = _run_doc(pipeline, run_id, fingerprint, stages)
         warn_all(call_lifecycle("pipeline_start", run=run_doc))

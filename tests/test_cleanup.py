@@ -149,16 +149,20 @@ def test_sigkill_mid_decode_leaves_nothing_and_status_and_rerun_tell_the_truth(t
     done_before = report["counts"]["done"]
     assert 0 < done_before < COUNT, "kills must land mid-run for the rerun check to mean anything"
 
-    # the rerun does exactly the missing work; item 2: and leaves nothing in an empty TMPDIR
-    clean_tmp = tmp_path / "tmp-clean"
-    clean_tmp.mkdir()
+    # a killed run cannot remove multiprocessing's folder (the forkserver's socket) itself
+    left = sorted(p.name for p in killed_tmp.iterdir())
+    assert left and all(name.startswith("pymp-") for name in left), left
+
+    # the rerun does exactly the missing work; item 2: it leaves nothing in TMPDIR, and it removes
+    # the folder the killed run recorded (each run also removes the one before it, if dead)
     final = subprocess.run([IMGFLOW, "run", str(pipe)], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "TMPDIR": str(clean_tmp)})
+                           env={**os.environ, "TMPDIR": str(killed_tmp)})
     assert final.returncode == 0, final.stderr
     assert f"{COUNT - done_before} done, 0 failed, {done_before} skipped" in final.stderr
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(records) == COUNT and all(r["status"] == "done" for r in records)
-    assert sorted(p.name for p in clean_tmp.iterdir()) == [], "the run left files in TMPDIR"
+    still = sorted(p.name for p in killed_tmp.iterdir())
+    assert still == [], f"left in TMPDIR after the rerun: {still} (the killed runs left {left})"
 
 
 def test_a_symlinked_state_folder_is_refused_with_exit_2(tmp_path, test_plugin):
@@ -181,3 +185,29 @@ def test_a_symlinked_state_folder_is_refused_with_exit_2(tmp_path, test_plugin):
     result = CliRunner().invoke(cli, ["run", str(pipe)], catch_exceptions=False)
     assert result.exit_code == 2 and "state.sqlite is a symbolic link" in result.output, result.output
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_recorded_multiprocessing_folder_is_removed_only_when_safe(tmp_path):
+    """Only a dead process's ``pymp-*`` folder goes; a live process's, or anything else, stays."""
+    from imgflow.state import mp_tempdir
+
+    state = tmp_path / ".imgflow"
+    state.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # reaped: that id belongs to no process now
+    cases = [  # (pid, folder name, removed?)
+        (dead_pid, "pymp-dead", True),
+        (os.getppid(), "pymp-alive", False),  # e.g. a Python session that keeps its forkserver
+        (dead_pid, "photos", False),  # a damaged record must not delete what is not ours
+    ]
+    for pid, name, removed in cases:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "listener-x").write_text("")
+        (state / mp_tempdir.RECORD).write_text(f"{pid}\n{folder}\n")
+        assert mp_tempdir.sweep_dead(state) is removed, name
+        assert folder.exists() is not removed, name
+
+    mp_tempdir.record_current(state)  # this process's own folder is never swept
+    pid, folder = (state / mp_tempdir.RECORD).read_text().split("\n")[:2]
+    assert int(pid) == os.getpid() and mp_tempdir.sweep_dead(state) is False and Path(folder).is_dir()

@@ -20,11 +20,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from imgflow.errors import ConfigError
+from imgflow.state import statedir
 
 # The files a run makes in an output root before it writes any output (see imgflow.state).
 RUN_FILES = ("manifest.jsonl", "run-summary.json")
-STATE_FILES = (".imgflow/state.sqlite", ".imgflow/state.sqlite-wal", ".imgflow/state.sqlite-shm",
-               ".imgflow/lock", ".imgflow/manifest.stamp")
+STATE_FILES = tuple(f"{statedir.STATE_DIR}/{name}" for name in statedir.STATE_FILES)
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -18,7 +18,7 @@ from imgflow.errors import ConfigError
 
 STATE_DIR = ".imgflow"
 #: The files imgflow keeps in the state folder (SQLite adds ``-wal`` and ``-shm`` beside its file).
-STATE_FILES = ("lock", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "manifest.stamp")
+STATE_FILES = ("lock", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "manifest.stamp", "mp-tempdir")
 
 
 def checked_state_dir(root: Path) -> Path:
