@@ -44,6 +44,7 @@ from pydantic import Field, field_validator, model_validator
 
 from imgflow import Artifact, ConfigError, Params, Stage, StageContext, StageKind, derive_seed
 from imgflow.stage import DecodeHint
+from imgflow.training import trainer_state
 from imgflow_colorize.stage import model_side, registry_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -489,8 +490,8 @@ class TrainColorizer(Stage):
         import torch
 
         return {
-            "model": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "model": trainer_state.network_state(self.net),
+            "optimizer": trainer_state.to_cpu(self.optimizer.state_dict()),
             "steps": self.steps,
             "sums": dict(self.sums),
             "prior_counts": self.prior_counts.clone() if self.prior_counts is not None else torch.zeros(0),
@@ -531,14 +532,3 @@ def _fresh_sums() -> dict[str, float]:
     keys = ("train_loss", "train_steps", "grey_skipped", "val_images", "val_loss", "val_ab_error",
             "val_colourfulness", "val_colourfulness_truth", "val_ab_error_hints", "grey_skipped_val")
     return dict.fromkeys(keys, 0.0)
-
-
-def _to_cpu(value: Any) -> Any:
-    """A nested optimiser state with every tensor on the CPU (a checkpoint must load without CUDA)."""
-    if hasattr(value, "detach"):
-        return value.detach().cpu().clone()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    return value

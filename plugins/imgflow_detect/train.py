@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from imgflow import Artifact, ConfigError, Params, Stage, StageContext, StageKind
+from imgflow.training import trainer_state
 from imgflow_detect import MODELS, registry_name
 from imgflow_detect.networks import FORMAT, TINY_SSD
 
@@ -243,14 +244,7 @@ class TrainDetector(Stage):
             return None
         self._mode(True)
         loss, metrics = self._tiny_ssd_loss(batch) if self.params.model == TINY_SSD else self._torchvision_loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        trainer_state.optimizer_step(loss, self.optimizer, self.scaler)
         c = self.counters
         c["train_seen"] += len(batch)
         c["train_loss_sum"] += metrics["loss"] * len(batch)
@@ -355,12 +349,7 @@ class TrainDetector(Stage):
     # -- resume
 
     def state_dict(self) -> dict[str, Any]:
-        from imgflow_finetune import kit
-
-        return {"model": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-                "optimizer": kit.to_cpu(self.optimizer.state_dict()),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+        return {**trainer_state.optimization_state(self.net, self.optimizer, self.scheduler, self.scaler),
                 "counters": dict(self.counters), "epochs_done": self.epochs_done, "classes": list(self.classes)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -368,12 +357,7 @@ class TrainDetector(Stage):
         if list(state.get("classes", [])) != self.classes:
             raise ConfigError(f"stage '{self.id}': the training checkpoint was made for classes "
                               f"{state.get('classes')}, the labels have {self.classes} (fix: rerun with --force)")
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        trainer_state.restore_optimization(state, self.net, self.optimizer, self.scheduler, self.scaler)
         self.counters = {**_fresh_counters(), **state.get("counters", {})}
         self.epochs_done = int(state.get("epochs_done", 0))
 

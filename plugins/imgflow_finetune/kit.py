@@ -136,19 +136,6 @@ def load_except(net: Any, state: dict[str, Any], *, fresh: tuple[str, ...], igno
 # ------------------------------------------------------------------------------ devices
 
 
-def to_cpu(value: Any) -> Any:
-    """A nested optimiser state with every tensor on the CPU (a checkpoint must load without CUDA)."""
-    if hasattr(value, "detach"):
-        return value.detach().cpu().clone()
-    if isinstance(value, dict):
-        return {k: to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_cpu(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(to_cpu(v) for v in value)
-    return value
-
-
 def amp_dtype(device: torch.device, enabled: bool) -> Any:
     """bfloat16 where CUDA has it, float16 otherwise; None on the CPU or when disabled."""
     import torch

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from imgflow import Artifact, ConfigError, Params, Stage, StageContext, StageKind, derive_seed
+from imgflow.training import trainer_state
 from imgflow_finetune import MODELS, registry_name
 from imgflow_finetune.networks import ALIASES, IMAGENET_MEAN, IMAGENET_STD
 
@@ -419,14 +420,7 @@ class TrainClassifier(Stage):
             logits = self.net(x)
         losses = F.cross_entropy(logits.float(), y, reduction="none")
         loss = losses.sum() if self.params.loss_reduction == "sum" else losses.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        trainer_state.optimizer_step(loss, self.optimizer, self.scaler)
         with torch.no_grad():
             total = float(losses.detach().sum())
             correct = int((logits.detach().argmax(1) == y).sum())
@@ -487,10 +481,7 @@ class TrainClassifier(Stage):
     def state_dict(self) -> dict[str, Any]:
         """Model, optimiser, schedule, loss scaler and counters; tensors moved to the CPU."""
         return {
-            "model": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            **trainer_state.optimization_state(self.net, self.optimizer, self.scheduler, self.scaler),
             "counters": dict(self.counters),
             "epochs_done": self.epochs_done,
             "classes": list(self.classes),
@@ -502,12 +493,7 @@ class TrainClassifier(Stage):
             raise ConfigError(f"stage '{self.id}': the training checkpoint was made for classes "
                               f"{state.get('classes')}, the input has {self.classes} (fix: rerun with --force "
                               "to start the training over)")
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        trainer_state.restore_optimization(state, self.net, self.optimizer, self.scheduler, self.scaler)
         self.counters = {**_fresh_counters(), **state.get("counters", {})}
         self.epochs_done = int(state.get("epochs_done", 0))
 
@@ -531,16 +517,3 @@ def _fresh_counters() -> dict[str, float]:
 
 def _ratio(num: float, den: float) -> float:
     return float(num) / den if den else math.nan
-
-
-def _to_cpu(value: Any) -> Any:
-    """A nested optimiser state with every tensor on the CPU (a checkpoint must load without CUDA)."""
-    if hasattr(value, "detach"):
-        return value.detach().cpu().clone()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_cpu(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_to_cpu(v) for v in value)
-    return value

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from imgflow import Artifact, ConfigError, Params, Stage, StageContext, StageKind
+from imgflow.training import trainer_state
 from imgflow_segment.networks import FORMAT
 from imgflow_segment import MODELS, registry_name
 
@@ -298,14 +299,7 @@ class TrainSegmenter(Stage):
             logits = self.logits(x)
         losses = self._losses(logits, y)
         loss = losses.sum() if self.params.recipe()["reduction"] == "sum" else losses.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        trainer_state.optimizer_step(loss, self.optimizer, self.scaler)
         correct, counted = _pixel_hits(logits.detach(), y)
         c = self.counters
         c["train_seen"] += len(batch)
@@ -380,12 +374,7 @@ class TrainSegmenter(Stage):
     # -- resume
 
     def state_dict(self) -> dict[str, Any]:
-        from imgflow_finetune import kit
-
-        return {"model": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-                "optimizer": kit.to_cpu(self.optimizer.state_dict()),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+        return {**trainer_state.optimization_state(self.net, self.optimizer, self.scheduler, self.scaler),
                 "counters": {k: v for k, v in self.counters.items() if k != "confusion"},
                 "epochs_done": self.epochs_done, "classes": list(self.classes.names)}
 
@@ -393,12 +382,7 @@ class TrainSegmenter(Stage):
         if list(state.get("classes", [])) != list(self.classes.names):
             raise ConfigError(f"stage '{self.id}': the training checkpoint was made for classes "
                               f"{state.get('classes')}, now they are {list(self.classes.names)} (fix: rerun with --force)")
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        trainer_state.restore_optimization(state, self.net, self.optimizer, self.scheduler, self.scaler)
         self.counters = {**_fresh_counters(len(self.classes.names)), **state.get("counters", {})}
         self.epochs_done = int(state.get("epochs_done", 0))
 
