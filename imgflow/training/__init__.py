@@ -5,6 +5,7 @@
   checkpoint.py  what a checkpoint holds and how it is read back safely
   metrics.py     metrics.csv, steps.csv and the curves (metrics.png)
   labels.py      class labels and splits from folders or a CSV, for trainers
+  trainer_state.py  a trainer's optimiser step and resumable state (network, optimiser, schedule, scaler)
 
 Built on the engine's public pieces (plan walk, stage chain, recorder, writer), never on an
 executor's internals.
